@@ -1,0 +1,147 @@
+"""Building blocks shared by the vision tower and the text decoder.
+
+Every parameter is an `nnx.Param` carrying ``logical_axes`` metadata (one name per
+dimension); `dreamr_jax.models.sharding` maps those names onto a mesh. Normalisations,
+softmax and rotary embeddings run in float32 whatever the parameter dtype, as the
+reference implementation does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Axes = tuple[str | None, ...]
+
+
+def param(rngs: nnx.Rngs, shape: Sequence[int], axes: Axes, dtype, *, fan_in: int | None = None,
+          init: str = "normal") -> nnx.Param:
+    """A parameter with logical axis names.
+
+    ``init`` is "normal" (truncated-free normal with std 1/sqrt(fan_in), or 0.02 when
+    ``fan_in`` is None), "zeros" or "ones".
+    """
+    assert len(shape) == len(axes), (shape, axes)
+    if init == "zeros":
+        value = jnp.zeros(shape, dtype)
+    elif init == "ones":
+        value = jnp.ones(shape, dtype)
+    else:
+        std = 0.02 if fan_in is None else 1.0 / math.sqrt(fan_in)
+        value = (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+    return nnx.Param(value, logical_axes=tuple(axes))
+
+
+class Dense(nnx.Module):
+    """``y = einsum(x, kernel) + bias`` over the trailing ``len(in_shape)`` dimensions.
+
+    Attributes:
+      kernel: ``[*in_shape, *out_shape]``.
+      bias: ``[*out_shape]`` or None.
+    """
+
+    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], *, in_axes: Axes,
+                 out_axes: Axes, use_bias: bool, dtype, rngs: nnx.Rngs):
+        in_shape, out_shape = tuple(in_shape), tuple(out_shape)
+        self.n_in = len(in_shape)
+        self.kernel = param(rngs, in_shape + out_shape, tuple(in_axes) + tuple(out_axes), dtype,
+                            fan_in=math.prod(in_shape))
+        self.bias = (param(rngs, out_shape, out_axes, dtype, init="zeros") if use_bias
+                     else None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.kernel[...]
+        y = jnp.tensordot(x.astype(kernel.dtype), kernel, axes=self.n_in)
+        if self.bias is not None:
+            y = y + self.bias[...]
+        return y
+
+
+class Embed(nnx.Module):
+    """Token or position embedding table ``[rows, width]``."""
+
+    def __init__(self, rows: int, width: int, *, axes: Axes, dtype, rngs: nnx.Rngs):
+        self.embedding = param(rngs, (rows, width), axes, dtype)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids, axis=0)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """Tied LM head: ``x @ embedding.T``."""
+        table = self.embedding[...]
+        return jnp.einsum("...d,vd->...v", x.astype(table.dtype), table)
+
+
+class RMSNorm(nnx.Module):
+    """Qwen3 RMSNorm: normalise in float32, cast back, then scale (HF order)."""
+
+    def __init__(self, width: int, *, eps: float, dtype, rngs: nnx.Rngs, axis_name="norm"):
+        self.eps = eps
+        self.scale = param(rngs, (width,), (axis_name,), dtype, init="ones")
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...] * y.astype(x.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm with scale and bias (vision tower), statistics in float32."""
+
+    def __init__(self, width: int, *, eps: float, dtype, rngs: nnx.Rngs, axis_name="norm"):
+        self.eps = eps
+        self.scale = param(rngs, (width,), (axis_name,), dtype, init="ones")
+        self.bias = param(rngs, (width,), (axis_name,), dtype, init="zeros")
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return y.astype(x.dtype)
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotary embedding in the rotate-half layout.
+
+    Args:
+      x: ``[..., t, n, h]`` queries or keys.
+      cos, sin: ``[..., t, h]`` float32, broadcast over the head axis.
+    """
+    x32 = x.astype(jnp.float32)
+    cos, sin = cos[..., None, :], sin[..., None, :]
+    return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)
+
+
+def attend(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
+           mask_bts: jax.Array) -> jax.Array:
+    """Grouped-query attention with a boolean mask, softmax in float32.
+
+    Args:
+      q_btnh: queries ``[b, t, n, h]``.
+      k_bskh, v_bskh: keys and values ``[b, s, k, h]`` with ``n % k == 0``.
+      mask_bts: ``[b, t, s]``, True where query t may attend to key s. A query row with no
+        True entry yields a finite (meaningless) output, never NaN.
+
+    Returns:
+      ``[b, t, n, h]`` in the dtype of ``v``.
+    """
+    b, t, n, h = q_btnh.shape
+    k = k_bskh.shape[2]
+    q = q_btnh.reshape(b, t, k, n // k, h)
+    logits = jnp.einsum("btkgh,bskh->bkgts", q, k_bskh,
+                        preferred_element_type=jnp.float32) * (h**-0.5)
+    logits = jnp.where(mask_bts[:, None, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v_bskh.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, v_bskh)
+    return out.reshape(b, t, n, h)

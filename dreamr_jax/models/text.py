@@ -1,0 +1,180 @@
+"""Qwen3 text decoder with interleaved multimodal RoPE, DeepStack injection and a
+functional KV cache.
+
+Cache layout: every row of a batch shares slot indices (prompts are left-padded), so one
+scalar ``index`` says where the next chunk is written; ``mask`` marks which slots hold real
+tokens. Rotary positions are separate from slots (they come from the multimodal position
+ids), which is what lets images and left padding coexist with one cache.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from dreamr_jax.models.config import TextConfig
+from dreamr_jax.models.layers import Dense, Embed, RMSNorm, apply_rope, attend
+
+
+@struct.dataclass
+class KVCache:
+    """Functional key/value cache for all decoder layers.
+
+    Attributes:
+      k, v: ``[layers, b, s, k, h]`` keys (after QK-norm and RoPE) and values.
+      mask: ``[b, s]`` bool, True for slots holding a real token.
+      index: ``[]`` int32, the next slot to write (shared by all rows).
+      next_pos: ``[b]`` int32, the rotary position of each row's next token.
+    """
+
+    k: jax.Array
+    v: jax.Array
+    mask: jax.Array
+    index: jax.Array
+    next_pos: jax.Array
+
+    @property
+    def length(self) -> int:
+        """Static number of slots ``s``."""
+        return self.k.shape[2]
+
+    @classmethod
+    def init(cls, cfg: TextConfig, batch: int, length: int, dtype=jnp.float32) -> KVCache:
+        shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                   mask=jnp.zeros((batch, length), bool), index=jnp.zeros((), jnp.int32),
+                   next_pos=jnp.zeros((batch,), jnp.int32))
+
+
+def mrope_cos_sin(positions_3bt: jax.Array, cfg: TextConfig) -> tuple[jax.Array, jax.Array]:
+    """Interleaved multimodal rotary tables.
+
+    Frequency ``i`` of the ``h/2`` follows the temporal position, except indices
+    ``1, 4, 7, ...`` (first ``mrope_section[1]`` of them) which follow height and
+    ``2, 5, 8, ...`` (first ``mrope_section[2]``) which follow width.
+
+    Args:
+      positions_3bt: ``[3, b, t]`` (temporal, height, width) position ids.
+
+    Returns:
+      cos, sin: ``[b, t, h]`` float32.
+    """
+    exponent = np.arange(0, cfg.head_dim, 2, dtype=np.float32) / np.float32(cfg.head_dim)
+    inv_freq = (1.0 / np.float32(cfg.rope_theta) ** exponent).astype(np.float32)
+    sel = np.zeros((cfg.head_dim // 2,), np.int32)  # which of (t, h, w) drives frequency i
+    for axis in (1, 2):
+        sel[axis:cfg.mrope_section[axis] * 3:3] = axis
+    pos_bt3 = jnp.moveaxis(positions_3bt, 0, -1).astype(jnp.float32)
+    freqs = jnp.take(pos_bt3, sel, axis=-1) * inv_freq  # [b, t, h/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+class DecoderLayer(nnx.Module):
+    """Qwen3 decoder layer: RMSNorm -> GQA with QK-norm -> RMSNorm -> SwiGLU."""
+
+    def __init__(self, cfg: TextConfig, *, dtype, rngs: nnx.Rngs):
+        d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        bias = cfg.attention_bias
+        self.input_norm = RMSNorm(d, eps=cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
+        self.post_attention_norm = RMSNorm(d, eps=cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
+        self.q_proj = Dense((d,), (n, h), in_axes=("embed",), out_axes=("heads", "head_dim"),
+                            use_bias=bias, dtype=dtype, rngs=rngs)
+        self.k_proj = Dense((d,), (k, h), in_axes=("embed",), out_axes=("kv_heads", "head_dim"),
+                            use_bias=bias, dtype=dtype, rngs=rngs)
+        self.v_proj = Dense((d,), (k, h), in_axes=("embed",), out_axes=("kv_heads", "head_dim"),
+                            use_bias=bias, dtype=dtype, rngs=rngs)
+        self.o_proj = Dense((n, h), (d,), in_axes=("heads", "head_dim"), out_axes=("embed",),
+                            use_bias=bias, dtype=dtype, rngs=rngs)
+        self.q_norm = RMSNorm(h, eps=cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
+        self.k_norm = RMSNorm(h, eps=cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
+        mlp = cfg.intermediate_size
+        self.gate_proj = Dense((d,), (mlp,), in_axes=("embed",), out_axes=("mlp",),
+                               use_bias=False, dtype=dtype, rngs=rngs)
+        self.up_proj = Dense((d,), (mlp,), in_axes=("embed",), out_axes=("mlp",),
+                             use_bias=False, dtype=dtype, rngs=rngs)
+        self.down_proj = Dense((mlp,), (d,), in_axes=("mlp",), out_axes=("embed",),
+                               use_bias=False, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x_btd, cos, sin, mask_bts, kv=None, layer=0, index=None):
+        """One layer.
+
+        Args:
+          x_btd: hidden states ``[b, t, d]``.
+          cos, sin: rotary tables ``[b, t, h]``.
+          mask_bts: attention mask over the keys attended to (the chunk itself when
+            ``kv`` is None, else all cache slots).
+          kv: optional ``(k, v)`` caches of all layers, ``[layers, b, s, k, h]``; this
+            layer's chunk is written in place at ``[layer, :, index]``.
+
+        Returns:
+          ``(x_btd, updated kv or None)``.
+        """
+        h = self.input_norm(x_btd)
+        q = apply_rope(self.q_norm(self.q_proj(h)), cos, sin)
+        k = apply_rope(self.k_norm(self.k_proj(h)), cos, sin)
+        v = self.v_proj(h)
+        if kv is not None:
+            at = (layer, 0, index, 0, 0)
+            kv = tuple(jax.lax.dynamic_update_slice(c, x[None].astype(c.dtype), at)
+                       for c, x in zip(kv, (k, v), strict=True))
+            k, v = kv[0][layer], kv[1][layer]
+        x_btd = x_btd + self.o_proj(attend(q, k, v, mask_bts))
+        h = self.post_attention_norm(x_btd)
+        x_btd = x_btd + self.down_proj(jax.nn.silu(self.gate_proj(h)) * self.up_proj(h))
+        return x_btd, kv
+
+
+class TextModel(nnx.Module):
+    """Embedding, decoder layers and final norm (the LM head lives on the full model)."""
+
+    def __init__(self, cfg: TextConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, axes=("vocab", "embed"),
+                                  dtype=dtype, rngs=rngs)
+        self.layers = nnx.List([DecoderLayer(cfg, dtype=dtype, rngs=rngs)
+                                for _ in range(cfg.num_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x_btd, positions_3bt, attention_mask_bt, *, cache: KVCache | None = None,
+                 deepstack=None):
+        """Runs the decoder on embeddings.
+
+        Args:
+          x_btd: input embeddings ``[b, t, d]``.
+          positions_3bt: multimodal position ids ``[3, b, t]``.
+          attention_mask_bt: ``[b, t]`` bool, False for padding tokens of this chunk.
+          cache: optional KV cache; the chunk is written at ``cache.index``.
+          deepstack: optional ``(visual_mask_bt, [features_btd per DeepStack layer])``,
+            added at the visual positions after the first decoder layers.
+
+        Returns:
+          ``(hidden_btd after the final norm, updated cache or None)``.
+        """
+        b, t, _ = x_btd.shape
+        cos, sin = mrope_cos_sin(positions_3bt, self.cfg)
+        causal = jnp.tril(jnp.ones((t, t), bool))
+        if cache is None:
+            mask = causal[None] & attention_mask_bt[:, None, :]
+            index = None
+        else:
+            index = cache.index
+            slots = jnp.arange(cache.length)
+            slot_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, attention_mask_bt,
+                                                            index, 1)
+            visible = slots[None, :] <= (index + jnp.arange(t))[:, None]  # [t, s]
+            mask = visible[None] & slot_mask[:, None, :]
+        kv = None if cache is None else (cache.k, cache.v)
+        for i, layer in enumerate(self.layers):
+            x_btd, kv = layer(x_btd, cos, sin, mask, kv, i, index)
+            if deepstack is not None and i < len(deepstack[1]):
+                x_btd = x_btd + jnp.where(deepstack[0][..., None], deepstack[1][i], 0
+                                          ).astype(x_btd.dtype)
+        if cache is not None:
+            chunk_max = jnp.max(jnp.where(attention_mask_bt[None], positions_3bt, -1), (0, 2))
+            next_pos = jnp.maximum(cache.next_pos, chunk_max.astype(jnp.int32) + 1)
+            cache = cache.replace(k=kv[0], v=kv[1], mask=slot_mask, index=index + t,
+                                  next_pos=next_pos)
+        return self.norm(x_btd), cache
