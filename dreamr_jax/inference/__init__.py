@@ -13,5 +13,16 @@ from dreamr_jax.inference.generate import (
 )
 from dreamr_jax.inference.sampling import SamplingConfig, sample
 
-__all__ = ["CacheTooShort", "GenerateOutput", "PromptBatch", "SamplingConfig", "bucket", "decode",
-           "generate", "make_batch", "prefill", "sample", "truncate_at_stop"]
+__all__ = [
+    "CacheTooShort",
+    "GenerateOutput",
+    "PromptBatch",
+    "SamplingConfig",
+    "bucket",
+    "decode",
+    "generate",
+    "make_batch",
+    "prefill",
+    "sample",
+    "truncate_at_stop",
+]

@@ -66,9 +66,16 @@ def bucket(n: int, minimum: int = 16, step: int = 512) -> int:
     return -(-n // step) * step
 
 
-def make_batch(cfg: ModelConfig, prompts: Sequence[Sequence[int]], *, pixel_values=None,
-               image_grid_thw=None, pad_id: int = 0, length: int | None = None,
-               num_patches: int | None = None) -> PromptBatch:
+def make_batch(
+    cfg: ModelConfig,
+    prompts: Sequence[Sequence[int]],
+    *,
+    pixel_values=None,
+    image_grid_thw=None,
+    pad_id: int = 0,
+    length: int | None = None,
+    num_patches: int | None = None,
+) -> PromptBatch:
     """Left-pads token lists into a `PromptBatch` with position ids and image inputs.
 
     Args:
@@ -87,14 +94,16 @@ def make_batch(cfg: ModelConfig, prompts: Sequence[Sequence[int]], *, pixel_valu
     if length is None:
         length = bucket(longest)
     if longest > length:
-        raise CacheTooShort(f"a prompt has {longest} tokens but the prompt length is {length}; "
-                            "raise the length or shorten the prompt.")
+        raise CacheTooShort(
+            f"a prompt has {longest} tokens but the prompt length is {length}; "
+            "raise the length or shorten the prompt."
+        )
     ids = np.full((len(prompts), length), pad_id, np.int32)
     mask = np.zeros((len(prompts), length), np.int32)
     for row, p in enumerate(prompts):
         if len(p):
-            ids[row, length - len(p):] = p
-            mask[row, length - len(p):] = 1
+            ids[row, length - len(p) :] = p
+            mask[row, length - len(p) :] = 1
     vision = None
     if pixel_values is not None:
         check_image_tokens(ids, mask, image_grid_thw, cfg)
@@ -103,16 +112,26 @@ def make_batch(cfg: ModelConfig, prompts: Sequence[Sequence[int]], *, pixel_valu
         pad = num_patches or max(unit, bucket(n, minimum=unit))
         vision = vision_inputs(pixel_values, image_grid_thw, cfg.vision, pad_to=pad)
     positions, _ = rope_index(ids, image_grid_thw if vision is not None else None, mask, cfg)
-    return PromptBatch(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask),
-                       positions=jnp.asarray(positions), vision=vision)
+    return PromptBatch(
+        input_ids=jnp.asarray(ids),
+        attention_mask=jnp.asarray(mask),
+        positions=jnp.asarray(positions),
+        vision=vision,
+    )
 
 
 # ------------------------------------------------------------------ pure traced pieces
 
 
 def _prefill(model: Qwen3VL, batch: PromptBatch, cache: KVCache):
-    out = model.forward(batch.input_ids, batch.positions, batch.attention_mask,
-                        vision=batch.vision, cache=cache, return_hidden=True)
+    out = model.forward(
+        batch.input_ids,
+        batch.positions,
+        batch.attention_mask,
+        vision=batch.vision,
+        cache=cache,
+        return_hidden=True,
+    )
     # Left padding: every row's last prompt token sits in the last column.
     return model.logits(out.logits[:, -1]), out.cache
 
@@ -171,8 +190,7 @@ def prefill(graphdef, state, batch: PromptBatch, cache: KVCache):
     return _prefill(nnx.merge(graphdef, state), batch, cache)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "sampling"),
-                   donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling"), donate_argnames=("cache",))
 def decode(graphdef, state, cache: KVCache, logits_bv, rng, sampling: SamplingConfig):
     """Samples up to ``sampling.max_new_tokens`` tokens after a prefill.
 
@@ -183,8 +201,9 @@ def decode(graphdef, state, cache: KVCache, logits_bv, rng, sampling: SamplingCo
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "cache_length"))
-def _generate(graphdef, state, batch: PromptBatch, rng, *, sampling: SamplingConfig,
-              cache_length: int):
+def _generate(
+    graphdef, state, batch: PromptBatch, rng, *, sampling: SamplingConfig, cache_length: int
+):
     model = nnx.merge(graphdef, state)
     b = batch.input_ids.shape[0]
     cache = KVCache.init(model.cfg.text, b, cache_length, model.dtype)
@@ -192,9 +211,14 @@ def _generate(graphdef, state, batch: PromptBatch, rng, *, sampling: SamplingCon
     return _decode(model, cache, logits, rng, sampling)[0]
 
 
-def generate(model: Qwen3VL, batch: PromptBatch, sampling: SamplingConfig = SamplingConfig(),
-             *, rng: jax.Array | None = None, cache_length: int | None = None
-             ) -> GenerateOutput:
+def generate(
+    model: Qwen3VL,
+    batch: PromptBatch,
+    sampling: SamplingConfig = SamplingConfig(),
+    *,
+    rng: jax.Array | None = None,
+    cache_length: int | None = None,
+) -> GenerateOutput:
     """Generates continuations of a `PromptBatch` in one compiled program.
 
     Args:
@@ -215,7 +239,8 @@ def generate(model: Qwen3VL, batch: PromptBatch, sampling: SamplingConfig = Samp
     if need > cache_length:
         raise CacheTooShort(
             f"prompt length {t} + max_new_tokens {sampling.max_new_tokens} = {need} exceeds the "
-            f"KV cache length {cache_length}; raise cache_length or lower max_new_tokens.")
+            f"KV cache length {cache_length}; raise cache_length or lower max_new_tokens."
+        )
     graphdef, state = nnx.split(model)
     rng = jax.random.key(0) if rng is None else rng
     return _generate(graphdef, state, batch, rng, sampling=sampling, cache_length=cache_length)
@@ -227,5 +252,15 @@ def truncate_at_stop(text: str, stop_strings: Sequence[str]) -> str:
     return text[:cut]
 
 
-__all__ = ["CacheTooShort", "GenerateOutput", "PromptBatch", "SamplingConfig", "bucket",
-           "decode", "generate", "make_batch", "prefill", "truncate_at_stop"]
+__all__ = [
+    "CacheTooShort",
+    "GenerateOutput",
+    "PromptBatch",
+    "SamplingConfig",
+    "bucket",
+    "decode",
+    "generate",
+    "make_batch",
+    "prefill",
+    "truncate_at_stop",
+]

@@ -70,7 +70,10 @@ def sample(logits_bv: jax.Array, rng: jax.Array, cfg: SamplingConfig) -> jax.Arr
         # Keep a token if the mass strictly before it is below p (the top token always stays).
         before = jnp.cumsum(probs, axis=-1) - probs
         keep_sorted = before < cfg.top_p
-        keep = jnp.zeros_like(keep_sorted).at[
-            jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
+        keep = (
+            jnp.zeros_like(keep_sorted)
+            .at[jnp.arange(logits.shape[0])[:, None], order]
+            .set(keep_sorted)
+        )
         logits = jnp.where(keep, logits, neg)
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)

@@ -7,6 +7,16 @@ from dreamr_jax.models.text import KVCache
 from dreamr_jax.models.vision import VisionInputs, vision_inputs
 
 __all__ = [
-    "PRESETS", "ConfigError", "KVCache", "ModelConfig", "ModelOutput", "PromptImageMismatch",
-    "Qwen3VL", "TextConfig", "VisionConfig", "VisionInputs", "rope_index", "vision_inputs",
+    "PRESETS",
+    "ConfigError",
+    "KVCache",
+    "ModelConfig",
+    "ModelOutput",
+    "PromptImageMismatch",
+    "Qwen3VL",
+    "TextConfig",
+    "VisionConfig",
+    "VisionInputs",
+    "rope_index",
+    "vision_inputs",
 ]

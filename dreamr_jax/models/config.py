@@ -12,13 +12,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from dreamr_jax.config import ConfigError  # one error type for run and model configs
+
 _TEXT_ACTIVATIONS = ("silu",)
 _VISION_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu")
 SUPPORTED_MODEL_TYPES = ("qwen3_vl",)
-
-
-class ConfigError(ValueError):
-    """A model configuration is missing a key, has an unknown one, or is inconsistent."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,22 +57,34 @@ class TextConfig:
     hidden_act: str = "silu"
 
     def validate(self) -> None:
-        _positive(self, "vocab_size", "hidden_size", "intermediate_size", "num_layers",
-                  "num_heads", "num_kv_heads", "head_dim", "rope_theta")
+        _positive(
+            self,
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "rope_theta",
+        )
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(
                 f"text num_heads={self.num_heads} is not a multiple of "
-                f"num_kv_heads={self.num_kv_heads}; GQA needs n % k == 0.")
+                f"num_kv_heads={self.num_kv_heads}; GQA needs n % k == 0."
+            )
         if self.head_dim % 2:
             raise ConfigError(f"text head_dim={self.head_dim} must be even for rotary embeddings.")
         if len(self.mrope_section) != 3 or sum(self.mrope_section) != self.head_dim // 2:
             raise ConfigError(
                 f"mrope_section={list(self.mrope_section)} must have 3 entries summing to "
-                f"head_dim/2={self.head_dim // 2}.")
+                f"head_dim/2={self.head_dim // 2}."
+            )
         if self.hidden_act not in _TEXT_ACTIVATIONS:
             raise ConfigError(
                 f"text hidden_act={self.hidden_act!r} is not supported; use one of "
-                f"{_TEXT_ACTIVATIONS}.")
+                f"{_TEXT_ACTIVATIONS}."
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,25 +135,39 @@ class VisionConfig:
         return int(round(self.num_position_embeddings**0.5))
 
     def validate(self) -> None:
-        _positive(self, "depth", "hidden_size", "intermediate_size", "num_heads", "in_channels",
-                  "patch_size", "temporal_patch_size", "spatial_merge_size", "out_hidden_size",
-                  "num_position_embeddings")
+        _positive(
+            self,
+            "depth",
+            "hidden_size",
+            "intermediate_size",
+            "num_heads",
+            "in_channels",
+            "patch_size",
+            "temporal_patch_size",
+            "spatial_merge_size",
+            "out_hidden_size",
+            "num_position_embeddings",
+        )
         if self.hidden_size % self.num_heads or self.head_dim % 4:
             raise ConfigError(
                 f"vision hidden_size={self.hidden_size} / num_heads={self.num_heads} must give "
-                "an integer head dim divisible by 4 (2D rotary embedding).")
+                "an integer head dim divisible by 4 (2D rotary embedding)."
+            )
         if self.grid_side**2 != self.num_position_embeddings:
             raise ConfigError(
                 f"vision num_position_embeddings={self.num_position_embeddings} must be a "
-                "perfect square (a square grid of learned positions).")
+                "perfect square (a square grid of learned positions)."
+            )
         bad = [i for i in self.deepstack_visual_indexes if not 0 <= i < self.depth]
         if bad:
             raise ConfigError(
-                f"deepstack_visual_indexes {bad} are outside the {self.depth} vision blocks.")
+                f"deepstack_visual_indexes {bad} are outside the {self.depth} vision blocks."
+            )
         if self.hidden_act not in _VISION_ACTIVATIONS:
             raise ConfigError(
                 f"vision hidden_act={self.hidden_act!r} is not supported; use one of "
-                f"{_VISION_ACTIVATIONS}.")
+                f"{_VISION_ACTIVATIONS}."
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,15 +197,21 @@ class ModelConfig:
             raise ConfigError(
                 f"vision out_hidden_size={self.vision.out_hidden_size} must equal text "
                 f"hidden_size={self.text.hidden_size}: merged image features replace token "
-                "embeddings.")
+                "embeddings."
+            )
         if len(self.vision.deepstack_visual_indexes) > self.text.num_layers:
             raise ConfigError("more DeepStack mergers than text decoder layers.")
-        for name in ("image_token_id", "video_token_id", "vision_start_token_id",
-                     "vision_end_token_id"):
+        for name in (
+            "image_token_id",
+            "video_token_id",
+            "vision_start_token_id",
+            "vision_end_token_id",
+        ):
             if not 0 <= getattr(self, name) < self.text.vocab_size:
                 raise ConfigError(
                     f"{name}={getattr(self, name)} is outside the vocabulary "
-                    f"(vocab_size={self.text.vocab_size}).")
+                    f"(vocab_size={self.text.vocab_size})."
+                )
         return self
 
     def replace(self, **kw: Any) -> ModelConfig:
@@ -200,39 +230,95 @@ def _positive(cfg: Any, *names: str) -> None:
 # HF key -> our field, for each section. Keys listed in _HF_IGNORED are accepted and
 # dropped (training-only or bookkeeping); anything else unknown is an error.
 _TEXT_KEYS = {
-    "vocab_size": "vocab_size", "hidden_size": "hidden_size",
-    "intermediate_size": "intermediate_size", "num_hidden_layers": "num_layers",
-    "num_attention_heads": "num_heads", "num_key_value_heads": "num_kv_heads",
-    "head_dim": "head_dim", "rms_norm_eps": "rms_norm_eps", "rope_theta": "rope_theta",
+    "vocab_size": "vocab_size",
+    "hidden_size": "hidden_size",
+    "intermediate_size": "intermediate_size",
+    "num_hidden_layers": "num_layers",
+    "num_attention_heads": "num_heads",
+    "num_key_value_heads": "num_kv_heads",
+    "head_dim": "head_dim",
+    "rms_norm_eps": "rms_norm_eps",
+    "rope_theta": "rope_theta",
     "max_position_embeddings": "max_position_embeddings",
-    "attention_bias": "attention_bias", "tie_word_embeddings": "tie_word_embeddings",
+    "attention_bias": "attention_bias",
+    "tie_word_embeddings": "tie_word_embeddings",
     "hidden_act": "hidden_act",
 }
-_TEXT_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                  "num_attention_heads")
+_TEXT_REQUIRED = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+)
 _VISION_KEYS = {
-    "depth": "depth", "hidden_size": "hidden_size", "intermediate_size": "intermediate_size",
-    "num_heads": "num_heads", "in_channels": "in_channels", "patch_size": "patch_size",
-    "temporal_patch_size": "temporal_patch_size", "spatial_merge_size": "spatial_merge_size",
-    "out_hidden_size": "out_hidden_size", "num_position_embeddings": "num_position_embeddings",
-    "deepstack_visual_indexes": "deepstack_visual_indexes", "hidden_act": "hidden_act",
+    "depth": "depth",
+    "hidden_size": "hidden_size",
+    "intermediate_size": "intermediate_size",
+    "num_heads": "num_heads",
+    "in_channels": "in_channels",
+    "patch_size": "patch_size",
+    "temporal_patch_size": "temporal_patch_size",
+    "spatial_merge_size": "spatial_merge_size",
+    "out_hidden_size": "out_hidden_size",
+    "num_position_embeddings": "num_position_embeddings",
+    "deepstack_visual_indexes": "deepstack_visual_indexes",
+    "hidden_act": "hidden_act",
 }
-_VISION_REQUIRED = ("depth", "hidden_size", "intermediate_size", "num_heads",
-                    "out_hidden_size")
-_TOP_KEYS = ("image_token_id", "video_token_id", "vision_start_token_id",
-             "vision_end_token_id")
+_VISION_REQUIRED = ("depth", "hidden_size", "intermediate_size", "num_heads", "out_hidden_size")
+_TOP_KEYS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
 _HF_IGNORED = {
-    "model_type", "architectures", "torch_dtype", "dtype", "transformers_version",
-    "initializer_range", "attention_dropout", "use_cache", "bos_token_id", "eos_token_id",
-    "pad_token_id", "rope_scaling", "rope_parameters", "tie_word_embeddings", "text_config",
-    "vision_config", "_name_or_path", "output_attentions", "output_hidden_states",
-    "return_dict", "use_return_dict", "chunk_size_feed_forward", "is_encoder_decoder",
-    "tf_legacy_loss", "pruned_heads", "id2label", "label2id", "problem_type",
-    "tokenizer_class", "prefix", "sep_token_id", "decoder_start_token_id", "task_specific_params",
-    "cross_attention_hidden_size", "add_cross_attention", "is_decoder", "torchscript",
-    "use_bfloat16", "finetuning_task", "num_labels", "quantization_config", "video_token_id",
-    "image_token_id", "vision_start_token_id", "vision_end_token_id", "layer_types",
-    "sliding_window", "use_sliding_window", "max_window_layers", "rope_type", "keys_to_ignore_at_inference",
+    "model_type",
+    "architectures",
+    "torch_dtype",
+    "dtype",
+    "transformers_version",
+    "initializer_range",
+    "attention_dropout",
+    "use_cache",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "rope_scaling",
+    "rope_parameters",
+    "tie_word_embeddings",
+    "text_config",
+    "vision_config",
+    "_name_or_path",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "use_return_dict",
+    "chunk_size_feed_forward",
+    "is_encoder_decoder",
+    "tf_legacy_loss",
+    "pruned_heads",
+    "id2label",
+    "label2id",
+    "problem_type",
+    "tokenizer_class",
+    "prefix",
+    "sep_token_id",
+    "decoder_start_token_id",
+    "task_specific_params",
+    "cross_attention_hidden_size",
+    "add_cross_attention",
+    "is_decoder",
+    "torchscript",
+    "use_bfloat16",
+    "finetuning_task",
+    "num_labels",
+    "quantization_config",
+    "video_token_id",
+    "image_token_id",
+    "vision_start_token_id",
+    "vision_end_token_id",
+    "layer_types",
+    "sliding_window",
+    "use_sliding_window",
+    "max_window_layers",
+    "rope_type",
+    "keys_to_ignore_at_inference",
 }
 
 
@@ -250,13 +336,15 @@ def from_hf_dict(raw: dict[str, Any], *, source: str = "config.json") -> ModelCo
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ConfigError(
             f"{source}: model_type={model_type!r} is not supported; dreamr-jax loads "
-            f"{SUPPORTED_MODEL_TYPES} (dense Qwen3-VL). MoE Qwen3-VL is not supported yet.")
+            f"{SUPPORTED_MODEL_TYPES} (dense Qwen3-VL). MoE Qwen3-VL is not supported yet."
+        )
     for section in ("text_config", "vision_config"):
         if not isinstance(raw.get(section), dict):
             raise ConfigError(f"{source}: missing the '{section}' section.")
     text = _section(raw["text_config"], _TEXT_KEYS, _TEXT_REQUIRED, f"{source} text_config")
-    vision = _section(raw["vision_config"], _VISION_KEYS, _VISION_REQUIRED,
-                      f"{source} vision_config")
+    vision = _section(
+        raw["vision_config"], _VISION_KEYS, _VISION_REQUIRED, f"{source} vision_config"
+    )
     rope = raw["text_config"].get("rope_parameters") or raw["text_config"].get("rope_scaling")
     rope = rope or raw.get("rope_parameters") or raw.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
@@ -282,8 +370,9 @@ def from_hf_dict(raw: dict[str, Any], *, source: str = "config.json") -> ModelCo
         raise ConfigError(f"{source}: {e}") from None
 
 
-def _section(raw: dict[str, Any], keys: dict[str, str], required: tuple[str, ...],
-             where: str) -> dict[str, Any]:
+def _section(
+    raw: dict[str, Any], keys: dict[str, str], required: tuple[str, ...], where: str
+) -> dict[str, Any]:
     missing = [k for k in required if k not in raw]
     if missing:
         raise ConfigError(f"{where}: missing required keys {missing}.")
@@ -291,7 +380,8 @@ def _section(raw: dict[str, Any], keys: dict[str, str], required: tuple[str, ...
     if unknown:
         raise ConfigError(
             f"{where}: unknown keys {unknown}; this is not a dense Qwen3-VL config "
-            f"(known keys: {sorted(keys)}).")
+            f"(known keys: {sorted(keys)})."
+        )
     return {keys[k]: raw[k] for k in raw if k in keys}
 
 
@@ -301,13 +391,23 @@ def to_hf_dict(cfg: ModelConfig, *, dtype: str = "float32") -> dict[str, Any]:
     t, v = cfg.text, cfg.vision
     text = {hf: getattr(t, ours) for hf, ours in _TEXT_KEYS.items()}
     text.update(
-        model_type="qwen3_vl_text", dtype=dtype, attention_dropout=0.0, use_cache=True,
+        model_type="qwen3_vl_text",
+        dtype=dtype,
+        attention_dropout=0.0,
+        use_cache=True,
         initializer_range=0.02,
-        rope_scaling={"rope_type": "default", "mrope_section": list(t.mrope_section),
-                      "mrope_interleaved": True})
+        rope_scaling={
+            "rope_type": "default",
+            "mrope_section": list(t.mrope_section),
+            "mrope_interleaved": True,
+        },
+    )
     vision = {hf: getattr(v, ours) for hf, ours in _VISION_KEYS.items()}
-    vision.update(model_type="qwen3_vl", initializer_range=0.02,
-                  deepstack_visual_indexes=list(v.deepstack_visual_indexes))
+    vision.update(
+        model_type="qwen3_vl",
+        initializer_range=0.02,
+        deepstack_visual_indexes=list(v.deepstack_visual_indexes),
+    )
     return {
         "architectures": ["Qwen3VLForConditionalGeneration"],
         "model_type": "qwen3_vl",
@@ -322,37 +422,86 @@ def to_hf_dict(cfg: ModelConfig, *, dtype: str = "float32") -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 # Presets: the published dense Qwen3-VL architectures (Instruct and Thinking share them).
 
-_VISION_SMALL = VisionConfig(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16,
-                             deepstack_visual_indexes=(5, 11, 17))
-_VISION_LARGE = VisionConfig(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16,
-                             deepstack_visual_indexes=(8, 16, 24))
+_VISION_SMALL = VisionConfig(
+    depth=24,
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_heads=16,
+    deepstack_visual_indexes=(5, 11, 17),
+)
+_VISION_LARGE = VisionConfig(
+    depth=27,
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_heads=16,
+    deepstack_visual_indexes=(8, 16, 24),
+)
 
 PRESETS: dict[str, ModelConfig] = {
     "qwen3-vl-2b": ModelConfig(
-        text=TextConfig(hidden_size=2048, intermediate_size=6144, num_layers=28, num_heads=16,
-                        num_kv_heads=8, tie_word_embeddings=True),
-        vision=dataclasses.replace(_VISION_SMALL, out_hidden_size=2048)),
+        text=TextConfig(
+            hidden_size=2048,
+            intermediate_size=6144,
+            num_layers=28,
+            num_heads=16,
+            num_kv_heads=8,
+            tie_word_embeddings=True,
+        ),
+        vision=dataclasses.replace(_VISION_SMALL, out_hidden_size=2048),
+    ),
     "qwen3-vl-4b": ModelConfig(
-        text=TextConfig(hidden_size=2560, intermediate_size=9728, num_layers=36, num_heads=32,
-                        num_kv_heads=8, tie_word_embeddings=True),
-        vision=dataclasses.replace(_VISION_SMALL, out_hidden_size=2560)),
+        text=TextConfig(
+            hidden_size=2560,
+            intermediate_size=9728,
+            num_layers=36,
+            num_heads=32,
+            num_kv_heads=8,
+            tie_word_embeddings=True,
+        ),
+        vision=dataclasses.replace(_VISION_SMALL, out_hidden_size=2560),
+    ),
     "qwen3-vl-8b": ModelConfig(
-        text=TextConfig(hidden_size=4096, intermediate_size=12288, num_layers=36, num_heads=32,
-                        num_kv_heads=8, tie_word_embeddings=False),
-        vision=dataclasses.replace(_VISION_LARGE, out_hidden_size=4096)),
+        text=TextConfig(
+            hidden_size=4096,
+            intermediate_size=12288,
+            num_layers=36,
+            num_heads=32,
+            num_kv_heads=8,
+            tie_word_embeddings=False,
+        ),
+        vision=dataclasses.replace(_VISION_LARGE, out_hidden_size=4096),
+    ),
     "qwen3-vl-32b": ModelConfig(
-        text=TextConfig(hidden_size=5120, intermediate_size=25600, num_layers=64, num_heads=64,
-                        num_kv_heads=8, tie_word_embeddings=False),
-        vision=dataclasses.replace(_VISION_LARGE, out_hidden_size=5120)),
+        text=TextConfig(
+            hidden_size=5120,
+            intermediate_size=25600,
+            num_layers=64,
+            num_heads=64,
+            num_kv_heads=8,
+            tie_word_embeddings=False,
+        ),
+        vision=dataclasses.replace(_VISION_LARGE, out_hidden_size=5120),
+    ),
 }
 
 
-def tiny_config(*, vocab_size: int = 256, hidden_size: int = 64, num_layers: int = 3,
-                num_heads: int = 4, num_kv_heads: int = 2, head_dim: int = 16,
-                intermediate_size: int = 128, tie_word_embeddings: bool = False,
-                vision_depth: int = 3, vision_hidden: int = 32, vision_heads: int = 2,
-                deepstack: tuple[int, ...] = (0, 2), patch_size: int = 8,
-                num_position_embeddings: int = 64) -> ModelConfig:
+def tiny_config(
+    *,
+    vocab_size: int = 256,
+    hidden_size: int = 64,
+    num_layers: int = 3,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    head_dim: int = 16,
+    intermediate_size: int = 128,
+    tie_word_embeddings: bool = False,
+    vision_depth: int = 3,
+    vision_hidden: int = 32,
+    vision_heads: int = 2,
+    deepstack: tuple[int, ...] = (0, 2),
+    patch_size: int = 8,
+    num_position_embeddings: int = 64,
+) -> ModelConfig:
     """A small random-weight Qwen3-VL for tests, demos and benchmarks.
 
     The special image/vision token ids are placed at the top of the vocabulary.
@@ -360,17 +509,31 @@ def tiny_config(*, vocab_size: int = 256, hidden_size: int = 64, num_layers: int
     half = head_dim // 2
     t_sec = half - 2 * (half // 3)
     return ModelConfig(
-        text=TextConfig(vocab_size=vocab_size, hidden_size=hidden_size,
-                        intermediate_size=intermediate_size, num_layers=num_layers,
-                        num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
-                        rope_theta=10000.0, mrope_section=(t_sec, half // 3, half // 3),
-                        max_position_embeddings=4096,
-                        tie_word_embeddings=tie_word_embeddings),
-        vision=VisionConfig(depth=vision_depth, hidden_size=vision_hidden,
-                            intermediate_size=2 * vision_hidden, num_heads=vision_heads,
-                            patch_size=patch_size, out_hidden_size=hidden_size,
-                            num_position_embeddings=num_position_embeddings,
-                            deepstack_visual_indexes=deepstack),
-        image_token_id=vocab_size - 2, video_token_id=vocab_size - 1,
-        vision_start_token_id=vocab_size - 4, vision_end_token_id=vocab_size - 3,
+        text=TextConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
+            rope_theta=10000.0,
+            mrope_section=(t_sec, half // 3, half // 3),
+            max_position_embeddings=4096,
+            tie_word_embeddings=tie_word_embeddings,
+        ),
+        vision=VisionConfig(
+            depth=vision_depth,
+            hidden_size=vision_hidden,
+            intermediate_size=2 * vision_hidden,
+            num_heads=vision_heads,
+            patch_size=patch_size,
+            out_hidden_size=hidden_size,
+            num_position_embeddings=num_position_embeddings,
+            deepstack_visual_indexes=deepstack,
+        ),
+        image_token_id=vocab_size - 2,
+        video_token_id=vocab_size - 1,
+        vision_start_token_id=vocab_size - 4,
+        vision_end_token_id=vocab_size - 3,
     ).validate()

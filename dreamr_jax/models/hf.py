@@ -71,11 +71,14 @@ def param_map(cfg: config_lib.ModelConfig) -> dict[str, _Entry]:
     vd, vi, vm = v.hidden_size, v.intermediate_size, v.hidden_size * v.spatial_merge_size**2
     pv = "model.visual."
     out[pv + "patch_embed.proj.weight"] = _Entry(
-        ("visual", "patch_embed", "kernel"), "linear",
-        (vd, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size))
+        ("visual", "patch_embed", "kernel"),
+        "linear",
+        (vd, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size),
+    )
     out[pv + "patch_embed.proj.bias"] = _Entry(("visual", "patch_embed", "bias"), "copy", (vd,))
-    out[pv + "pos_embed.weight"] = _Entry(("visual", "pos_embed", "embedding"), "copy",
-                                          (v.num_position_embeddings, vd))
+    out[pv + "pos_embed.weight"] = _Entry(
+        ("visual", "pos_embed", "embedding"), "copy", (v.num_position_embeddings, vd)
+    )
     for i in range(v.depth):
         hf, ours = f"{pv}blocks.{i}.", ("visual", "blocks", i)
         norm(hf + "norm1", ours + ("norm1",), vd, bias=True)
@@ -86,7 +89,8 @@ def param_map(cfg: config_lib.ModelConfig) -> dict[str, _Entry]:
         linear(hf + "mlp.linear_fc2", ours + ("fc2",), vd, vi, bias=True)
     mergers = [("merger", ("merger",), vd)] + [
         (f"deepstack_merger_list.{j}", ("deepstack_mergers", j), vm)
-        for j in range(len(v.deepstack_visual_indexes))]
+        for j in range(len(v.deepstack_visual_indexes))
+    ]
     for hf_name, ours, norm_width in mergers:
         hf, ours = pv + hf_name + ".", ("visual",) + ours
         norm(hf + "norm", ours + ("norm",), norm_width, bias=True)
@@ -94,7 +98,8 @@ def param_map(cfg: config_lib.ModelConfig) -> dict[str, _Entry]:
         linear(hf + "linear_fc2", ours + ("fc2",), v.out_hidden_size, vm, bias=True)
     pt = "model.language_model."
     out[pt + "embed_tokens.weight"] = _Entry(
-        ("language_model", "embed_tokens", "embedding"), "copy", (t.vocab_size, d))
+        ("language_model", "embed_tokens", "embedding"), "copy", (t.vocab_size, d)
+    )
     for i in range(t.num_layers):
         hf, ours = f"{pt}layers.{i}.", ("language_model", "layers", i)
         norm(hf + "input_layernorm", ours + ("input_norm",), d)
@@ -123,7 +128,7 @@ def _from_hf(x: np.ndarray, entry: _Entry, shape: tuple[int, ...]) -> np.ndarray
 
 def _to_hf(x: np.ndarray, entry: _Entry) -> np.ndarray:
     if entry.kind == "linear":
-        n_in = math.prod(x.shape[:entry.n_in])
+        n_in = math.prod(x.shape[: entry.n_in])
         return x.reshape(n_in, -1).T.reshape(entry.hf_shape)
     return x.reshape(entry.hf_shape)
 
@@ -136,11 +141,15 @@ def read_config(path: str | os.PathLike) -> config_lib.ModelConfig:
     """Parses ``path/config.json`` into a validated `ModelConfig`."""
     file = Path(path) / "config.json"
     if not Path(path).is_dir():
-        raise CheckpointError(f"{path}: not a directory; pass a Hugging Face model directory "
-                              "(config.json + *.safetensors).")
+        raise CheckpointError(
+            f"{path}: not a directory; pass a Hugging Face model directory "
+            "(config.json + *.safetensors)."
+        )
     if not file.is_file():
-        raise CheckpointError(f"{file}: missing; a Hugging Face model directory needs "
-                              "config.json next to its safetensors.")
+        raise CheckpointError(
+            f"{file}: missing; a Hugging Face model directory needs "
+            "config.json next to its safetensors."
+        )
     try:
         raw = json.loads(file.read_text())
     except json.JSONDecodeError as e:
@@ -164,14 +173,20 @@ def _weight_files(path: Path) -> list[Path]:
         return [path / "model.safetensors"]
     found = sorted(path.glob("*.safetensors"))
     if not found:
-        raise CheckpointError(f"{path}: no model.safetensors, model.safetensors.index.json or "
-                              "*.safetensors files; only safetensors checkpoints are supported.")
+        raise CheckpointError(
+            f"{path}: no model.safetensors, model.safetensors.index.json or "
+            "*.safetensors files; only safetensors checkpoints are supported."
+        )
     return found
 
 
-def load_pretrained(path: str | os.PathLike, *, dtype=jnp.bfloat16, mesh: Mesh | None = None,
-                    rules: ShardingRules = ShardingRules()
-                    ) -> tuple[Qwen3VL, config_lib.ModelConfig]:
+def load_pretrained(
+    path: str | os.PathLike,
+    *,
+    dtype=jnp.bfloat16,
+    mesh: Mesh | None = None,
+    rules: ShardingRules = ShardingRules(),
+) -> tuple[Qwen3VL, config_lib.ModelConfig]:
     """Loads a Hugging Face Qwen3-VL directory into our model.
 
     Args:
@@ -197,8 +212,9 @@ def load_pretrained(path: str | os.PathLike, *, dtype=jnp.bfloat16, mesh: Mesh |
         shardings = param_shardings(state, mesh, rules)
     else:
         device = NamedSharding(Mesh(np.asarray(jax.devices()[:1]), ("d",)), PartitionSpec())
-        shardings = jax.tree.map(lambda _: device, state,
-                                 is_leaf=lambda x: isinstance(x, nnx.Variable))
+        shardings = jax.tree.map(
+            lambda _: device, state, is_leaf=lambda x: isinstance(x, nnx.Variable)
+        )
     flat = dict(state.flat_state())
     sh_flat = dict(shardings.flat_state()) if hasattr(shardings, "flat_state") else None
     mapping = param_map(cfg)
@@ -215,17 +231,20 @@ def load_pretrained(path: str | os.PathLike, *, dtype=jnp.bfloat16, mesh: Mesh |
         if tuple(raw.shape) != entry.hf_shape:
             raise CheckpointError(
                 f"{file.path}: tensor {name} has shape {list(raw.shape)} but config.json "
-                f"implies {list(entry.hf_shape)}; the weights do not belong to this config.")
+                f"implies {list(entry.hf_shape)}; the weights do not belong to this config."
+            )
         var = flat[entry.path]
         value = _from_hf(np.asarray(raw), entry, var.shape).astype(var.dtype)
         sharding = sh_flat[entry.path] if sh_flat is not None else _lookup(shardings, entry.path)
-        var.set_value(jax.make_array_from_callback(value.shape, sharding,
-                                                   lambda idx, v=value: v[idx]))
+        var.set_value(
+            jax.make_array_from_callback(value.shape, sharding, lambda idx, v=value: v[idx])
+        )
         filled.add(entry.path)
     if unexpected:
         raise CheckpointError(
             f"{path}: unexpected tensors not in a dense Qwen3-VL with this config: "
-            f"{_short(unexpected)}.")
+            f"{_short(unexpected)}."
+        )
     missing = [name for name, e in mapping.items() if e.path not in filled]
     if missing:
         raise CheckpointError(f"{path}: missing tensors {_short(missing)}.")
@@ -243,8 +262,14 @@ def _short(names: list[str], n: int = 8) -> str:
     return ", ".join(names[:n]) + more
 
 
-def save_pretrained(model: Qwen3VL, cfg: config_lib.ModelConfig, path: str | os.PathLike, *,
-                    dtype=None, max_shard_bytes: int = 4 << 30) -> list[Path]:
+def save_pretrained(
+    model: Qwen3VL,
+    cfg: config_lib.ModelConfig,
+    path: str | os.PathLike,
+    *,
+    dtype=None,
+    max_shard_bytes: int = 4 << 30,
+) -> list[Path]:
     """Writes ``model`` as a Hugging Face Qwen3-VL directory.
 
     Files are written next to their final names and renamed into place, so an interrupted
@@ -277,8 +302,11 @@ def save_pretrained(model: Qwen3VL, cfg: config_lib.ModelConfig, path: str | os.
         current.append(item)
         size += nbytes
     shards.append(current)
-    names = (["model.safetensors"] if len(shards) == 1 else
-             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    names = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
     by_name = {e[0]: e for e in entries}
 
     def produce(name):
@@ -291,9 +319,10 @@ def save_pretrained(model: Qwen3VL, cfg: config_lib.ModelConfig, path: str | os.
         safetensors_io.write_file(path / fname, [(e[0], e[1], e[2]) for e in shard], produce)
         written.append(path / fname)
     if len(shards) > 1:
-        index = {"metadata": {"total_size": sum(math.prod(e[1]) * e[2].itemsize
-                                                for e in entries)},
-                 "weight_map": {e[0]: f for f, s in zip(names, shards, strict=True) for e in s}}
+        index = {
+            "metadata": {"total_size": sum(math.prod(e[1]) * e[2].itemsize for e in entries)},
+            "weight_map": {e[0]: f for f, s in zip(names, shards, strict=True) for e in s},
+        }
         _write_json(path / "model.safetensors.index.json", index)
     stored = np.dtype(dtype or entries[0][2])
     _write_json(path / "config.json", config_lib.to_hf_dict(cfg, dtype=_torch_dtype(stored)))
@@ -302,7 +331,8 @@ def save_pretrained(model: Qwen3VL, cfg: config_lib.ModelConfig, path: str | os.
 
 def _torch_dtype(dtype: np.dtype) -> str:
     return {"bfloat16": "bfloat16", "float32": "float32", "float16": "float16"}.get(
-        np.dtype(dtype).name, "float32")
+        np.dtype(dtype).name, "float32"
+    )
 
 
 def _write_json(file: Path, obj) -> None:

@@ -18,8 +18,15 @@ from flax import nnx
 Axes = tuple[str | None, ...]
 
 
-def param(rngs: nnx.Rngs, shape: Sequence[int], axes: Axes, dtype, *, fan_in: int | None = None,
-          init: str = "normal") -> nnx.Param:
+def param(
+    rngs: nnx.Rngs,
+    shape: Sequence[int],
+    axes: Axes,
+    dtype,
+    *,
+    fan_in: int | None = None,
+    init: str = "normal",
+) -> nnx.Param:
     """A parameter with logical axis names.
 
     ``init`` is "normal" (truncated-free normal with std 1/sqrt(fan_in), or 0.02 when
@@ -44,14 +51,27 @@ class Dense(nnx.Module):
       bias: ``[*out_shape]`` or None.
     """
 
-    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], *, in_axes: Axes,
-                 out_axes: Axes, use_bias: bool, dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        out_shape: Sequence[int],
+        *,
+        in_axes: Axes,
+        out_axes: Axes,
+        use_bias: bool,
+        dtype,
+        rngs: nnx.Rngs,
+    ):
         in_shape, out_shape = tuple(in_shape), tuple(out_shape)
         self.n_in = len(in_shape)
-        self.kernel = param(rngs, in_shape + out_shape, tuple(in_axes) + tuple(out_axes), dtype,
-                            fan_in=math.prod(in_shape))
-        self.bias = (param(rngs, out_shape, out_axes, dtype, init="zeros") if use_bias
-                     else None)
+        self.kernel = param(
+            rngs,
+            in_shape + out_shape,
+            tuple(in_axes) + tuple(out_axes),
+            dtype,
+            fan_in=math.prod(in_shape),
+        )
+        self.bias = param(rngs, out_shape, out_axes, dtype, init="zeros") if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.kernel[...]
@@ -123,8 +143,9 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)
 
 
-def attend(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
-           mask_bts: jax.Array) -> jax.Array:
+def attend(
+    q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask_bts: jax.Array
+) -> jax.Array:
     """Grouped-query attention with a boolean mask, softmax in float32.
 
     Args:
@@ -139,8 +160,9 @@ def attend(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
     b, t, n, h = q_btnh.shape
     k = k_bskh.shape[2]
     q = q_btnh.reshape(b, t, k, n // k, h)
-    logits = jnp.einsum("btkgh,bskh->bkgts", q, k_bskh,
-                        preferred_element_type=jnp.float32) * (h**-0.5)
+    logits = jnp.einsum("btkgh,bskh->bkgts", q, k_bskh, preferred_element_type=jnp.float32) * (
+        h**-0.5
+    )
     logits = jnp.where(mask_bts[:, None, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v_bskh.dtype)
     out = jnp.einsum("bkgts,bskh->btkgh", probs, v_bskh)

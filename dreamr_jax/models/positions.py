@@ -17,8 +17,9 @@ class PromptImageMismatch(ValueError):
     """The image placeholders of a prompt do not match ``image_grid_thw``."""
 
 
-def rope_index(input_ids, image_grid_thw, attention_mask, cfg: ModelConfig
-               ) -> tuple[np.ndarray, np.ndarray]:
+def rope_index(
+    input_ids, image_grid_thw, attention_mask, cfg: ModelConfig
+) -> tuple[np.ndarray, np.ndarray]:
     """Multimodal position ids for a batch of (possibly padded) prompts.
 
     Args:
@@ -37,8 +38,11 @@ def rope_index(input_ids, image_grid_thw, attention_mask, cfg: ModelConfig
     ids = np.asarray(input_ids)
     b, t = ids.shape
     mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
-    grids = (np.zeros((0, 3), np.int64) if image_grid_thw is None
-             else np.asarray(image_grid_thw, np.int64).reshape(-1, 3))
+    grids = (
+        np.zeros((0, 3), np.int64)
+        if image_grid_thw is None
+        else np.asarray(image_grid_thw, np.int64).reshape(-1, 3)
+    )
     m = cfg.vision.spatial_merge_size
     positions = np.ones((3, b, t), np.int64)
     next_pos = np.zeros((b,), np.int64)
@@ -53,20 +57,23 @@ def rope_index(input_ids, image_grid_thw, attention_mask, cfg: ModelConfig
             if image >= len(grids):
                 raise PromptImageMismatch(
                     f"row {row}: the prompts hold more images than image_grid_thw's "
-                    f"{len(grids)} rows.")
+                    f"{len(grids)} rows."
+                )
             gt, gh, gw = grids[image]
             gh, gw = gh // m, gw // m
             ed = st + int(np.flatnonzero(tokens[st:] == cfg.image_token_id)[0])
             chunks.append(np.arange(ed - st)[None].repeat(3, 0) + nxt)
             nxt += ed - st
             n_tok = gt * gh * gw
-            if not np.all(tokens[ed:ed + n_tok] == cfg.image_token_id):
+            if not np.all(tokens[ed : ed + n_tok] == cfg.image_token_id):
                 raise PromptImageMismatch(
                     f"row {row}, image {image}: expected {n_tok} consecutive image tokens for "
                     f"grid {grids[image].tolist()} (t*h*w/{m * m}), found fewer; build the "
-                    "prompt with the same image processor settings.")
-            grid = np.stack(np.meshgrid(np.arange(gt), np.arange(gh), np.arange(gw),
-                                        indexing="ij")).reshape(3, -1)
+                    "prompt with the same image processor settings."
+                )
+            grid = np.stack(
+                np.meshgrid(np.arange(gt), np.arange(gh), np.arange(gw), indexing="ij")
+            ).reshape(3, -1)
             chunks.append(grid + nxt)
             nxt = int(grid.max()) + nxt + 1
             st = ed + n_tok
@@ -74,7 +81,8 @@ def rope_index(input_ids, image_grid_thw, attention_mask, cfg: ModelConfig
         if np.sum(tokens[st:] == cfg.image_token_id):
             raise PromptImageMismatch(
                 f"row {row}: {int(np.sum(tokens == cfg.image_token_id))} image tokens do not "
-                "match the images announced by vision-start tokens and image_grid_thw.")
+                "match the images announced by vision-start tokens and image_grid_thw."
+            )
         chunks.append(np.arange(len(tokens) - st)[None].repeat(3, 0) + nxt)
         pos = np.concatenate(chunks, axis=1)
         positions[:, row, valid] = pos
@@ -82,5 +90,6 @@ def rope_index(input_ids, image_grid_thw, attention_mask, cfg: ModelConfig
     if image != len(grids):
         raise PromptImageMismatch(
             f"image_grid_thw has {len(grids)} images but the prompts announce {image} "
-            "(each image is <vision_start> followed by its image tokens).")
+            "(each image is <vision_start> followed by its image tokens)."
+        )
     return positions.astype(np.int32), next_pos.astype(np.int32)

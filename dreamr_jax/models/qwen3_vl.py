@@ -41,9 +41,19 @@ class Qwen3VL(nnx.Module):
         self.visual = VisionModel(cfg.vision, dtype=dtype, rngs=rngs)
         self.language_model = TextModel(cfg.text, dtype=dtype, rngs=rngs)
         t = cfg.text
-        self.lm_head = (None if t.tie_word_embeddings else
-                        Dense((t.hidden_size,), (t.vocab_size,), in_axes=("embed",),
-                              out_axes=("vocab",), use_bias=False, dtype=dtype, rngs=rngs))
+        self.lm_head = (
+            None
+            if t.tie_word_embeddings
+            else Dense(
+                (t.hidden_size,),
+                (t.vocab_size,),
+                in_axes=("embed",),
+                out_axes=("vocab",),
+                use_bias=False,
+                dtype=dtype,
+                rngs=rngs,
+            )
+        )
 
     # ---------------------------------------------------------------- array API (jittable)
 
@@ -77,9 +87,16 @@ class Qwen3VL(nnx.Module):
             return self.language_model.embed_tokens.attend(hidden_btd)
         return self.lm_head(hidden_btd)
 
-    def forward(self, input_ids_bt, positions_3bt, attention_mask_bt, *,
-                vision: VisionInputs | None = None, cache: KVCache | None = None,
-                return_hidden: bool = False):
+    def forward(
+        self,
+        input_ids_bt,
+        positions_3bt,
+        attention_mask_bt,
+        *,
+        vision: VisionInputs | None = None,
+        cache: KVCache | None = None,
+        return_hidden: bool = False,
+    ):
         """Forward pass on arrays.
 
         Args:
@@ -95,14 +112,16 @@ class Qwen3VL(nnx.Module):
           `ModelOutput` with logits (or hidden states) and the updated cache.
         """
         x, deepstack = self.embed(input_ids_bt, vision)
-        hidden, cache = self.language_model(x, positions_3bt, attention_mask_bt.astype(bool),
-                                            cache=cache, deepstack=deepstack)
+        hidden, cache = self.language_model(
+            x, positions_3bt, attention_mask_bt.astype(bool), cache=cache, deepstack=deepstack
+        )
         return ModelOutput(logits=hidden if return_hidden else self.logits(hidden), cache=cache)
 
     # ------------------------------------------------------------- Hugging Face-style API
 
-    def __call__(self, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None
-                 ) -> ModelOutput:
+    def __call__(
+        self, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None
+    ) -> ModelOutput:
         """Same meaning as ``Qwen3VLForConditionalGeneration.forward`` (no cache).
 
         Args:
@@ -128,12 +147,13 @@ class Qwen3VL(nnx.Module):
             check_image_tokens(ids, mask, image_grid_thw, self.cfg)
             vision = vision_inputs(pixel_values, image_grid_thw, self.cfg.vision)
         elif np.any(ids == self.cfg.image_token_id):
-            raise PromptImageMismatch("input_ids contain image tokens but no pixel_values "
-                                      "were given.")
-        positions, _ = rope_index(ids, None if vision is None else image_grid_thw, mask,
-                                  self.cfg)
-        return self.forward(jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(mask),
-                            vision=vision)
+            raise PromptImageMismatch(
+                "input_ids contain image tokens but no pixel_values were given."
+            )
+        positions, _ = rope_index(ids, None if vision is None else image_grid_thw, mask, self.cfg)
+        return self.forward(
+            jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(mask), vision=vision
+        )
 
 
 def check_image_tokens(input_ids, attention_mask, image_grid_thw, cfg: ModelConfig) -> None:
@@ -147,5 +167,6 @@ def check_image_tokens(input_ids, attention_mask, image_grid_thw, cfg: ModelConf
         raise PromptImageMismatch(
             f"the prompt has {n_tokens} image tokens but image_grid_thw "
             f"{np.asarray(image_grid_thw).tolist()} gives {n_feats} image features "
-            f"(t*h*w/{cfg.vision.spatial_merge_size ** 2} per image); expand each image "
-            "placeholder with the processor that produced pixel_values.")
+            f"(t*h*w/{cfg.vision.spatial_merge_size**2} per image); expand each image "
+            "placeholder with the processor that produced pixel_values."
+        )

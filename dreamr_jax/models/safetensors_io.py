@@ -18,8 +18,15 @@ import ml_dtypes
 import numpy as np
 
 _DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
     "BOOL": np.bool_,
 }
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
@@ -49,7 +56,8 @@ class SafetensorsFile:
                 if 8 + n > size:
                     raise SafetensorsError(
                         f"{self.path}: header claims {n} bytes but the file has {size}; the "
-                        "file is truncated or not safetensors. Re-download or re-save it.")
+                        "file is truncated or not safetensors. Re-download or re-save it."
+                    )
                 header = json.loads(f.read(n))
         except FileNotFoundError:
             raise SafetensorsError(f"{self.path}: no such file.") from None
@@ -60,15 +68,17 @@ class SafetensorsFile:
         self.tensors = {}
         for name, info in header.items():
             if info.get("dtype") not in _DTYPES:
-                raise SafetensorsError(f"{self.path}: tensor {name} has unsupported dtype "
-                                       f"{info.get('dtype')!r}.")
+                raise SafetensorsError(
+                    f"{self.path}: tensor {name} has unsupported dtype {info.get('dtype')!r}."
+                )
             begin, end = info["data_offsets"]
             self.tensors[name] = (info["dtype"], tuple(info["shape"]), begin, end)
         last = max((e for *_, e in self.tensors.values()), default=0)
         if self._data_start + last > size:
             raise SafetensorsError(
                 f"{self.path}: tensors need {self._data_start + last} bytes but the file has "
-                f"{size}; the file is truncated. Re-download or re-save it.")
+                f"{size}; the file is truncated. Re-download or re-save it."
+            )
         self._mmap = None
 
     def keys(self) -> list[str]:
@@ -79,19 +89,23 @@ class SafetensorsFile:
         dtype, shape, begin, end = self.tensors[name]
         if self._mmap is None:
             self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
-        raw = self._mmap[self._data_start + begin:self._data_start + end]
+        raw = self._mmap[self._data_start + begin : self._data_start + end]
         arr = raw.view(_DTYPES[dtype])
         expected = int(np.prod(shape)) if shape else 1
         if arr.size != expected:
-            raise SafetensorsError(f"{self.path}: tensor {name} has {arr.size} elements, "
-                                   f"header shape {list(shape)} needs {expected}.")
+            raise SafetensorsError(
+                f"{self.path}: tensor {name} has {arr.size} elements, "
+                f"header shape {list(shape)} needs {expected}."
+            )
         return arr.reshape(shape)
 
 
-def write_file(path: str | os.PathLike,
-               entries: list[tuple[str, tuple[int, ...], np.dtype]],
-               produce: Callable[[str], np.ndarray],
-               metadata: dict[str, str] | None = None) -> None:
+def write_file(
+    path: str | os.PathLike,
+    entries: list[tuple[str, tuple[int, ...], np.dtype]],
+    produce: Callable[[str], np.ndarray],
+    metadata: dict[str, str] | None = None,
+) -> None:
     """Streams tensors into a safetensors file, one tensor in memory at a time.
 
     Args:
@@ -104,8 +118,11 @@ def write_file(path: str | os.PathLike,
     header, offset = {}, 0
     for name, shape, dtype in entries:
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        header[name] = {"dtype": _NAMES[np.dtype(dtype)], "shape": list(shape),
-                        "data_offsets": [offset, offset + nbytes]}
+        header[name] = {
+            "dtype": _NAMES[np.dtype(dtype)],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
         offset += nbytes
     header["__metadata__"] = metadata or {"format": "pt"}
     blob = json.dumps(header, separators=(",", ":")).encode()
@@ -117,8 +134,10 @@ def write_file(path: str | os.PathLike,
         for name, shape, dtype in entries:
             arr = np.ascontiguousarray(produce(name))
             if arr.shape != tuple(shape) or arr.dtype != np.dtype(dtype):
-                raise SafetensorsError(f"tensor {name}: produced {arr.shape} {arr.dtype}, "
-                                       f"declared {tuple(shape)} {np.dtype(dtype)}.")
+                raise SafetensorsError(
+                    f"tensor {name}: produced {arr.shape} {arr.dtype}, "
+                    f"declared {tuple(shape)} {np.dtype(dtype)}."
+                )
             f.write(arr.tobytes())
     os.replace(tmp, path)
 

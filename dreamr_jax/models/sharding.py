@@ -54,8 +54,9 @@ class ShardingRules:
         return PartitionSpec(*(None if a is None else getattr(self, a) for a in logical_axes))
 
 
-def make_mesh(shape: Sequence[int] = (1, 1, 1), devices: Sequence[jax.Device] | None = None
-              ) -> Mesh:
+def make_mesh(
+    shape: Sequence[int] = (1, 1, 1), devices: Sequence[jax.Device] | None = None
+) -> Mesh:
     """A ``(data, fsdp, tensor)`` mesh with automatic (not explicit) sharding propagation.
 
     Raises:
@@ -64,12 +65,14 @@ def make_mesh(shape: Sequence[int] = (1, 1, 1), devices: Sequence[jax.Device] | 
     devices = list(jax.devices() if devices is None else devices)
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 1:
-        raise ShardingError(f"mesh shape {shape} must be three positive sizes (data, fsdp, "
-                            "tensor).")
+        raise ShardingError(
+            f"mesh shape {shape} must be three positive sizes (data, fsdp, tensor)."
+        )
     if math.prod(shape) != len(devices):
         raise ShardingError(
             f"mesh shape {shape} (data, fsdp, tensor) needs {math.prod(shape)} devices but "
-            f"{len(devices)} are available; choose sizes whose product is {len(devices)}.")
+            f"{len(devices)} are available; choose sizes whose product is {len(devices)}."
+        )
     grid = np.asarray(devices).reshape(shape)
     return Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
 
@@ -87,8 +90,7 @@ def param_shardings(model_or_state, mesh: Mesh, rules: ShardingRules = ShardingR
       ShardingError: naming the parameter when a sharded dimension is not divisible by the
         mesh axis size.
     """
-    state = (model_or_state if isinstance(model_or_state, nnx.State)
-             else nnx.state(model_or_state))
+    state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state)
 
     def one(path, var):
         axes = var.get_metadata().get("logical_axes")
@@ -103,16 +105,20 @@ def param_shardings(model_or_state, mesh: Mesh, rules: ShardingRules = ShardingR
                 raise ShardingError(
                     f"parameter {_path_str(path)} dim {dim} ({axes[dim]}={size}) does not "
                     f"divide mesh axis '{axis}' of size {n}; use a mesh whose '{axis}' size "
-                    f"divides {size}, or replicate it with ShardingRules({axes[dim]}=None).")
+                    f"divides {size}, or replicate it with ShardingRules({axes[dim]}=None)."
+                )
         return NamedSharding(mesh, spec)
 
     return jax.tree_util.tree_map_with_path(
-        lambda p, v: one(tuple(getattr(k, "key", k) for k in p), v), state,
-        is_leaf=lambda x: isinstance(x, nnx.Variable))
+        lambda p, v: one(tuple(getattr(k, "key", k) for k in p), v),
+        state,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
 
 
-def init_sharded(make_model: Callable[[], nnx.Module], mesh: Mesh,
-                 rules: ShardingRules = ShardingRules()) -> nnx.Module:
+def init_sharded(
+    make_model: Callable[[], nnx.Module], mesh: Mesh, rules: ShardingRules = ShardingRules()
+) -> nnx.Module:
     """Builds a model with every parameter created directly in its sharding.
 
     ``make_model`` constructs the module (e.g. ``lambda: Qwen3VL(cfg, rngs=nnx.Rngs(0))``);
@@ -126,8 +132,9 @@ def init_sharded(make_model: Callable[[], nnx.Module], mesh: Mesh,
     return nnx.merge(graphdef, state)
 
 
-def shard_model(model: nnx.Module, mesh: Mesh, rules: ShardingRules = ShardingRules()
-                ) -> nnx.Module:
+def shard_model(
+    model: nnx.Module, mesh: Mesh, rules: ShardingRules = ShardingRules()
+) -> nnx.Module:
     """Moves an existing model's parameters into their shardings (in place) and returns it."""
     state = nnx.state(model)
     shardings = param_shardings(state, mesh, rules)

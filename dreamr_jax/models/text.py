@@ -43,9 +43,13 @@ class KVCache:
     @classmethod
     def init(cls, cfg: TextConfig, batch: int, length: int, dtype=jnp.float32) -> KVCache:
         shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
-        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-                   mask=jnp.zeros((batch, length), bool), index=jnp.zeros((), jnp.int32),
-                   next_pos=jnp.zeros((batch,), jnp.int32))
+        return cls(
+            k=jnp.zeros(shape, dtype),
+            v=jnp.zeros(shape, dtype),
+            mask=jnp.zeros((batch, length), bool),
+            index=jnp.zeros((), jnp.int32),
+            next_pos=jnp.zeros((batch,), jnp.int32),
+        )
 
 
 def mrope_cos_sin(positions_3bt: jax.Array, cfg: TextConfig) -> tuple[jax.Array, jax.Array]:
@@ -65,7 +69,7 @@ def mrope_cos_sin(positions_3bt: jax.Array, cfg: TextConfig) -> tuple[jax.Array,
     inv_freq = (1.0 / np.float32(cfg.rope_theta) ** exponent).astype(np.float32)
     sel = np.zeros((cfg.head_dim // 2,), np.int32)  # which of (t, h, w) drives frequency i
     for axis in (1, 2):
-        sel[axis:cfg.mrope_section[axis] * 3:3] = axis
+        sel[axis : cfg.mrope_section[axis] * 3 : 3] = axis
     pos_bt3 = jnp.moveaxis(positions_3bt, 0, -1).astype(jnp.float32)
     freqs = jnp.take(pos_bt3, sel, axis=-1) * inv_freq  # [b, t, h/2]
     emb = jnp.concatenate([freqs, freqs], axis=-1)
@@ -80,23 +84,72 @@ class DecoderLayer(nnx.Module):
         bias = cfg.attention_bias
         self.input_norm = RMSNorm(d, eps=cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
         self.post_attention_norm = RMSNorm(d, eps=cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
-        self.q_proj = Dense((d,), (n, h), in_axes=("embed",), out_axes=("heads", "head_dim"),
-                            use_bias=bias, dtype=dtype, rngs=rngs)
-        self.k_proj = Dense((d,), (k, h), in_axes=("embed",), out_axes=("kv_heads", "head_dim"),
-                            use_bias=bias, dtype=dtype, rngs=rngs)
-        self.v_proj = Dense((d,), (k, h), in_axes=("embed",), out_axes=("kv_heads", "head_dim"),
-                            use_bias=bias, dtype=dtype, rngs=rngs)
-        self.o_proj = Dense((n, h), (d,), in_axes=("heads", "head_dim"), out_axes=("embed",),
-                            use_bias=bias, dtype=dtype, rngs=rngs)
+        self.q_proj = Dense(
+            (d,),
+            (n, h),
+            in_axes=("embed",),
+            out_axes=("heads", "head_dim"),
+            use_bias=bias,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.k_proj = Dense(
+            (d,),
+            (k, h),
+            in_axes=("embed",),
+            out_axes=("kv_heads", "head_dim"),
+            use_bias=bias,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.v_proj = Dense(
+            (d,),
+            (k, h),
+            in_axes=("embed",),
+            out_axes=("kv_heads", "head_dim"),
+            use_bias=bias,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.o_proj = Dense(
+            (n, h),
+            (d,),
+            in_axes=("heads", "head_dim"),
+            out_axes=("embed",),
+            use_bias=bias,
+            dtype=dtype,
+            rngs=rngs,
+        )
         self.q_norm = RMSNorm(h, eps=cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
         self.k_norm = RMSNorm(h, eps=cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
         mlp = cfg.intermediate_size
-        self.gate_proj = Dense((d,), (mlp,), in_axes=("embed",), out_axes=("mlp",),
-                               use_bias=False, dtype=dtype, rngs=rngs)
-        self.up_proj = Dense((d,), (mlp,), in_axes=("embed",), out_axes=("mlp",),
-                             use_bias=False, dtype=dtype, rngs=rngs)
-        self.down_proj = Dense((mlp,), (d,), in_axes=("mlp",), out_axes=("embed",),
-                               use_bias=False, dtype=dtype, rngs=rngs)
+        self.gate_proj = Dense(
+            (d,),
+            (mlp,),
+            in_axes=("embed",),
+            out_axes=("mlp",),
+            use_bias=False,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.up_proj = Dense(
+            (d,),
+            (mlp,),
+            in_axes=("embed",),
+            out_axes=("mlp",),
+            use_bias=False,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.down_proj = Dense(
+            (mlp,),
+            (d,),
+            in_axes=("mlp",),
+            out_axes=("embed",),
+            use_bias=False,
+            dtype=dtype,
+            rngs=rngs,
+        )
 
     def __call__(self, x_btd, cos, sin, mask_bts, kv=None, layer=0, index=None):
         """One layer.
@@ -118,8 +171,10 @@ class DecoderLayer(nnx.Module):
         v = self.v_proj(h)
         if kv is not None:
             at = (layer, 0, index, 0, 0)
-            kv = tuple(jax.lax.dynamic_update_slice(c, x[None].astype(c.dtype), at)
-                       for c, x in zip(kv, (k, v), strict=True))
+            kv = tuple(
+                jax.lax.dynamic_update_slice(c, x[None].astype(c.dtype), at)
+                for c, x in zip(kv, (k, v), strict=True)
+            )
             k, v = kv[0][layer], kv[1][layer]
         x_btd = x_btd + self.o_proj(attend(q, k, v, mask_bts))
         h = self.post_attention_norm(x_btd)
@@ -132,14 +187,23 @@ class TextModel(nnx.Module):
 
     def __init__(self, cfg: TextConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, axes=("vocab", "embed"),
-                                  dtype=dtype, rngs=rngs)
-        self.layers = nnx.List([DecoderLayer(cfg, dtype=dtype, rngs=rngs)
-                                for _ in range(cfg.num_layers)])
+        self.embed_tokens = Embed(
+            cfg.vocab_size, cfg.hidden_size, axes=("vocab", "embed"), dtype=dtype, rngs=rngs
+        )
+        self.layers = nnx.List(
+            [DecoderLayer(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_layers)]
+        )
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x_btd, positions_3bt, attention_mask_bt, *, cache: KVCache | None = None,
-                 deepstack=None):
+    def __call__(
+        self,
+        x_btd,
+        positions_3bt,
+        attention_mask_bt,
+        *,
+        cache: KVCache | None = None,
+        deepstack=None,
+    ):
         """Runs the decoder on embeddings.
 
         Args:
@@ -162,19 +226,20 @@ class TextModel(nnx.Module):
         else:
             index = cache.index
             slots = jnp.arange(cache.length)
-            slot_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, attention_mask_bt,
-                                                            index, 1)
+            slot_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, attention_mask_bt, index, 1)
             visible = slots[None, :] <= (index + jnp.arange(t))[:, None]  # [t, s]
             mask = visible[None] & slot_mask[:, None, :]
         kv = None if cache is None else (cache.k, cache.v)
         for i, layer in enumerate(self.layers):
             x_btd, kv = layer(x_btd, cos, sin, mask, kv, i, index)
             if deepstack is not None and i < len(deepstack[1]):
-                x_btd = x_btd + jnp.where(deepstack[0][..., None], deepstack[1][i], 0
-                                          ).astype(x_btd.dtype)
+                x_btd = x_btd + jnp.where(deepstack[0][..., None], deepstack[1][i], 0).astype(
+                    x_btd.dtype
+                )
         if cache is not None:
             chunk_max = jnp.max(jnp.where(attention_mask_bt[None], positions_3bt, -1), (0, 2))
             next_pos = jnp.maximum(cache.next_pos, chunk_max.astype(jnp.int32) + 1)
-            cache = cache.replace(k=kv[0], v=kv[1], mask=slot_mask, index=index + t,
-                                  next_pos=next_pos)
+            cache = cache.replace(
+                k=kv[0], v=kv[1], mask=slot_mask, index=index + t, next_pos=next_pos
+            )
         return self.norm(x_btd), cache

@@ -42,8 +42,9 @@ class VisionInputs:
         return self.pixel_values.shape[0]
 
 
-def vision_inputs(pixel_values, image_grid_thw, cfg: VisionConfig, *,
-                  pad_to: int | None = None) -> VisionInputs:
+def vision_inputs(
+    pixel_values, image_grid_thw, cfg: VisionConfig, *, pad_to: int | None = None
+) -> VisionInputs:
     """Host-side preparation of `VisionInputs` from processor outputs.
 
     Args:
@@ -63,20 +64,24 @@ def vision_inputs(pixel_values, image_grid_thw, cfg: VisionConfig, *,
         raise ValueError(
             f"pixel_values has shape {pixels.shape}; expected [num_patches, {cfg.patch_dim}] "
             f"(channels*temporal_patch*patch*patch = {cfg.in_channels}*"
-            f"{cfg.temporal_patch_size}*{cfg.patch_size}*{cfg.patch_size}).")
+            f"{cfg.temporal_patch_size}*{cfg.patch_size}*{cfg.patch_size})."
+        )
     if pixels.shape[0] != total:
         raise ValueError(
             f"pixel_values has {pixels.shape[0]} patches but image_grid_thw "
-            f"{grid.tolist()} describes {total}.")
+            f"{grid.tolist()} describes {total}."
+        )
     if np.any(grid[:, 1:] % m):
-        raise ValueError(f"image_grid_thw {grid.tolist()}: h and w must be multiples of "
-                         f"spatial_merge_size={m}.")
+        raise ValueError(
+            f"image_grid_thw {grid.tolist()}: h and w must be multiples of spatial_merge_size={m}."
+        )
     idx, wts, rope, seg = [], [], [], []
     frame = 0
     for t, h, w in grid.tolist():
         i4, w4 = _interpolation(h, w, cfg.grid_side)
-        coords = np.stack([np.arange(h)[:, None].repeat(w, 1),
-                           np.arange(w)[None, :].repeat(h, 0)], axis=-1)  # [h, w, 2]
+        coords = np.stack(
+            [np.arange(h)[:, None].repeat(w, 1), np.arange(w)[None, :].repeat(h, 0)], axis=-1
+        )  # [h, w, 2]
         for _ in range(t):
             idx.append(_merge_order(i4.reshape(4, h, w), m, axis0=1))
             wts.append(_merge_order(w4.reshape(4, h, w), m, axis0=1))
@@ -87,17 +92,20 @@ def vision_inputs(pixel_values, image_grid_thw, cfg: VisionConfig, *,
     rope, seg = np.concatenate(rope, 0), np.concatenate(seg, 0)
     if pad_to is not None:
         if pad_to < total or pad_to % (m * m):
-            raise ValueError(f"pad_to={pad_to} must be >= {total} patches and a multiple of "
-                             f"{m * m}.")
+            raise ValueError(
+                f"pad_to={pad_to} must be >= {total} patches and a multiple of {m * m}."
+            )
         extra = pad_to - total
         pixels = np.pad(pixels, ((0, extra), (0, 0)))
         idx, wts = np.pad(idx, ((0, 0), (0, extra))), np.pad(wts, ((0, 0), (0, extra)))
-        rope, seg = np.pad(rope, ((0, extra), (0, 0))), np.pad(seg, (0, extra),
-                                                                constant_values=-1)
-    return VisionInputs(pixel_values=jnp.asarray(pixels), pos_index=jnp.asarray(idx, jnp.int32),
-                        pos_weight=jnp.asarray(wts, jnp.float32),
-                        rope_pos=jnp.asarray(rope, jnp.int32),
-                        segment_ids=jnp.asarray(seg, jnp.int32))
+        rope, seg = np.pad(rope, ((0, extra), (0, 0))), np.pad(seg, (0, extra), constant_values=-1)
+    return VisionInputs(
+        pixel_values=jnp.asarray(pixels),
+        pos_index=jnp.asarray(idx, jnp.int32),
+        pos_weight=jnp.asarray(wts, jnp.float32),
+        rope_pos=jnp.asarray(rope, jnp.int32),
+        segment_ids=jnp.asarray(seg, jnp.int32),
+    )
 
 
 def _interpolation(h: int, w: int, side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,12 +116,22 @@ def _interpolation(h: int, w: int, side: int) -> tuple[np.ndarray, np.ndarray]:
     h0, w0 = hs.astype(np.int64), ws.astype(np.int64)
     h1, w1 = np.minimum(h0 + 1, side - 1), np.minimum(w0 + 1, side - 1)
     dh, dw = (hs - h0).astype(np.float32), (ws - w0).astype(np.float32)
-    index = [h0[:, None] * side + w0[None], h0[:, None] * side + w1[None],
-             h1[:, None] * side + w0[None], h1[:, None] * side + w1[None]]
-    weight = [(1 - dh)[:, None] * (1 - dw)[None], (1 - dh)[:, None] * dw[None],
-              dh[:, None] * (1 - dw)[None], dh[:, None] * dw[None]]
-    return (np.stack([i.reshape(-1) for i in index]),
-            np.stack([x.reshape(-1) for x in weight]).astype(np.float32))
+    index = [
+        h0[:, None] * side + w0[None],
+        h0[:, None] * side + w1[None],
+        h1[:, None] * side + w0[None],
+        h1[:, None] * side + w1[None],
+    ]
+    weight = [
+        (1 - dh)[:, None] * (1 - dw)[None],
+        (1 - dh)[:, None] * dw[None],
+        dh[:, None] * (1 - dw)[None],
+        dh[:, None] * dw[None],
+    ]
+    return (
+        np.stack([i.reshape(-1) for i in index]),
+        np.stack([x.reshape(-1) for x in weight]).astype(np.float32),
+    )
 
 
 def _merge_order(x: np.ndarray, m: int, axis0: int) -> np.ndarray:
@@ -121,7 +139,7 @@ def _merge_order(x: np.ndarray, m: int, axis0: int) -> np.ndarray:
     rows, block cols, then the m x m patches inside each block; flattens those axes."""
     shape = x.shape
     h, w = shape[axis0], shape[axis0 + 1]
-    lead, tail = shape[:axis0], shape[axis0 + 2:]
+    lead, tail = shape[:axis0], shape[axis0 + 2 :]
     x = x.reshape(*lead, h // m, m, w // m, m, *tail)
     a = len(lead)
     perm = list(range(a)) + [a, a + 2, a + 1, a + 3] + list(range(a + 4, x.ndim))
@@ -136,15 +154,42 @@ class VisionBlock(nnx.Module):
         self.act_approximate = cfg.hidden_act == "gelu_pytorch_tanh"
         self.norm1 = LayerNorm(d, eps=1e-6, dtype=dtype, rngs=rngs)
         self.norm2 = LayerNorm(d, eps=1e-6, dtype=dtype, rngs=rngs)
-        self.qkv = Dense((d,), (3, n, hd), in_axes=("embed",),
-                         out_axes=(None, "heads", "head_dim"), use_bias=True, dtype=dtype,
-                         rngs=rngs)
-        self.proj = Dense((n, hd), (d,), in_axes=("heads", "head_dim"), out_axes=("embed",),
-                          use_bias=True, dtype=dtype, rngs=rngs)
-        self.fc1 = Dense((d,), (cfg.intermediate_size,), in_axes=("embed",), out_axes=("mlp",),
-                         use_bias=True, dtype=dtype, rngs=rngs)
-        self.fc2 = Dense((cfg.intermediate_size,), (d,), in_axes=("mlp",), out_axes=("embed",),
-                         use_bias=True, dtype=dtype, rngs=rngs)
+        self.qkv = Dense(
+            (d,),
+            (3, n, hd),
+            in_axes=("embed",),
+            out_axes=(None, "heads", "head_dim"),
+            use_bias=True,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.proj = Dense(
+            (n, hd),
+            (d,),
+            in_axes=("heads", "head_dim"),
+            out_axes=("embed",),
+            use_bias=True,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.fc1 = Dense(
+            (d,),
+            (cfg.intermediate_size,),
+            in_axes=("embed",),
+            out_axes=("mlp",),
+            use_bias=True,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.fc2 = Dense(
+            (cfg.intermediate_size,),
+            (d,),
+            in_axes=("mlp",),
+            out_axes=("embed",),
+            use_bias=True,
+            dtype=dtype,
+            rngs=rngs,
+        )
 
     def __call__(self, x_pd, cos, sin, mask_pp):
         qkv = self.qkv(self.norm1(x_pd))  # [p, 3, n, hd]
@@ -167,10 +212,24 @@ class PatchMerger(nnx.Module):
         self.width = d * m2
         self.postshuffle = postshuffle
         self.norm = LayerNorm(self.width if postshuffle else d, eps=1e-6, dtype=dtype, rngs=rngs)
-        self.fc1 = Dense((self.width,), (self.width,), in_axes=("embed",), out_axes=("mlp",),
-                         use_bias=True, dtype=dtype, rngs=rngs)
-        self.fc2 = Dense((self.width,), (cfg.out_hidden_size,), in_axes=("mlp",),
-                         out_axes=("embed",), use_bias=True, dtype=dtype, rngs=rngs)
+        self.fc1 = Dense(
+            (self.width,),
+            (self.width,),
+            in_axes=("embed",),
+            out_axes=("mlp",),
+            use_bias=True,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.fc2 = Dense(
+            (self.width,),
+            (cfg.out_hidden_size,),
+            in_axes=("mlp",),
+            out_axes=("embed",),
+            use_bias=True,
+            dtype=dtype,
+            rngs=rngs,
+        )
 
     def __call__(self, x_pd):
         if self.postshuffle:
@@ -185,16 +244,30 @@ class VisionModel(nnx.Module):
 
     def __init__(self, cfg: VisionConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.patch_embed = Dense((cfg.patch_dim,), (cfg.hidden_size,), in_axes=(None,),
-                                 out_axes=("embed",), use_bias=True, dtype=dtype, rngs=rngs)
-        self.pos_embed = Embed(cfg.num_position_embeddings, cfg.hidden_size,
-                               axes=(None, "embed"), dtype=dtype, rngs=rngs)
-        self.blocks = nnx.List([VisionBlock(cfg, dtype=dtype, rngs=rngs)
-                                for _ in range(cfg.depth)])
+        self.patch_embed = Dense(
+            (cfg.patch_dim,),
+            (cfg.hidden_size,),
+            in_axes=(None,),
+            out_axes=("embed",),
+            use_bias=True,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.pos_embed = Embed(
+            cfg.num_position_embeddings,
+            cfg.hidden_size,
+            axes=(None, "embed"),
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.blocks = nnx.List([VisionBlock(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.depth)])
         self.merger = PatchMerger(cfg, postshuffle=False, dtype=dtype, rngs=rngs)
-        self.deepstack_mergers = nnx.List([
-            PatchMerger(cfg, postshuffle=True, dtype=dtype, rngs=rngs)
-            for _ in cfg.deepstack_visual_indexes])
+        self.deepstack_mergers = nnx.List(
+            [
+                PatchMerger(cfg, postshuffle=True, dtype=dtype, rngs=rngs)
+                for _ in cfg.deepstack_visual_indexes
+            ]
+        )
 
     def __call__(self, inputs: VisionInputs) -> tuple[jax.Array, list[jax.Array]]:
         """Encodes all patches.
@@ -205,8 +278,11 @@ class VisionModel(nnx.Module):
         cfg = self.cfg
         x = self.patch_embed(inputs.pixel_values)
         table = self.pos_embed.embedding[...]
-        pos = jnp.einsum("cp,cpd->pd", inputs.pos_weight.astype(table.dtype),
-                         jnp.take(table, inputs.pos_index, axis=0))
+        pos = jnp.einsum(
+            "cp,cpd->pd",
+            inputs.pos_weight.astype(table.dtype),
+            jnp.take(table, inputs.pos_index, axis=0),
+        )
         x = x + pos.astype(x.dtype)
         cos, sin = _vision_rope(inputs.rope_pos, cfg.head_dim)
         seg = inputs.segment_ids
@@ -234,4 +310,3 @@ def num_merged_tokens(image_grid_thw, cfg: VisionConfig) -> np.ndarray:
     """Text tokens each image becomes: ``t * h * w / merge_size**2``."""
     grid = np.asarray(image_grid_thw, dtype=np.int64).reshape(-1, 3)
     return np.prod(grid, axis=1) // cfg.spatial_merge_size**2
-

@@ -1,0 +1,205 @@
+"""Prompt building through a checkpoint directory's own tokenizer and chat template.
+
+`build_prompt` reproduces what `Qwen3VLProcessor.__call__` does to text: render the chat with
+the tokenizer's template, expand every `<|image_pad|>` into one token per merged patch block of
+its image, then tokenize.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dreamr_jax.processing.image import num_image_tokens
+
+DEFAULT_IMAGE_TOKEN = "<|image_pad|>"
+DEFAULT_VIDEO_TOKEN = "<|video_pad|>"
+
+# Any one of these makes a directory loadable by `AutoTokenizer` (fast or slow BPE, SentencePiece).
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model")
+
+
+def _read_chat_template(path: Path) -> str | None:
+    """Finds a chat template stored beside the tokenizer (processor-level files)."""
+    jinja = path / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    as_json = path / "chat_template.json"
+    if as_json.is_file():
+        try:
+            template = json.loads(as_json.read_text()).get("chat_template")
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise ValueError(f"{as_json} is not a JSON object with a 'chat_template': {e}") from e
+        return template if isinstance(template, str) else None
+    return None
+
+
+def load_tokenizer(path: str | os.PathLike) -> Any:
+    """Loads a checkpoint's tokenizer with `transformers.AutoTokenizer`, offline.
+
+    If the tokenizer config has no chat template, one from `chat_template.jinja` or the
+    processor's `chat_template.json` in the same directory is attached.
+
+    Args:
+        path: A checkpoint (or tokenizer) directory.
+
+    Returns:
+        A `transformers` tokenizer.
+
+    Raises:
+        FileNotFoundError: If the directory or its tokenizer files are missing.
+        ValueError: If transformers cannot load the files.
+    """
+    import transformers  # Heavy import, kept out of module import time.
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"tokenizer directory not found: {path}")
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"no tokenizer files in {path}: expected one of {', '.join(_TOKENIZER_FILES)} "
+            "(plus tokenizer_config.json)"
+        )
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"could not load the tokenizer in {path}: {e}") from e
+    if not getattr(tokenizer, "chat_template", None):
+        template = _read_chat_template(path)
+        if template:
+            tokenizer.chat_template = template
+    return tokenizer
+
+
+def _check_messages(messages: Any):
+    if not isinstance(messages, Sequence) or isinstance(messages, str) or not messages:
+        raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise ValueError(
+                f"message {i} must be a dict with 'role' and 'content', got {message!r}"
+            )
+
+
+def expand_image_tokens(text: str, counts: Sequence[int], image_token: str) -> str:
+    """Replaces the i-th `image_token` in `text` with `counts[i]` copies of it.
+
+    Args:
+        text: Rendered prompt with one `image_token` per image.
+        counts: Tokens per image, in order of appearance.
+        image_token: The placeholder string, e.g. `<|image_pad|>`.
+
+    Returns:
+        The expanded text.
+    """
+    pieces = text.split(image_token)
+    if len(pieces) - 1 != len(counts):
+        raise ValueError(
+            f"the prompt has {len(pieces) - 1} image placeholders ({image_token}) but "
+            f"{len(counts)} images were given"
+        )
+    out = [pieces[0]]
+    for count, piece in zip(counts, pieces[1:], strict=True):
+        out.append(image_token * count + piece)
+    return "".join(out)
+
+
+def build_prompt(
+    tokenizer: Any,
+    messages: Sequence[dict[str, Any]],
+    image_grid_thw: Any = None,
+    *,
+    merge_size: int = 2,
+    add_generation_prompt: bool = True,
+) -> tuple[list[int], str]:
+    """Renders a chat with the tokenizer's template and tokenizes it as Qwen3VLProcessor does.
+
+    Args:
+        tokenizer: A transformers tokenizer with a chat template (see `load_tokenizer`).
+        messages: HF chat messages; content is a string or a list of `{"type": "image"}` and
+            `{"type": "text", "text": ...}` items.
+        image_grid_thw: int [num_images, 3] from `preprocess_images`, in the order the images
+            appear in `messages`; None for a text-only prompt.
+        merge_size: Side of the merged patch block (`num_image_tokens`).
+        add_generation_prompt: Whether to end with the assistant turn header.
+
+    Returns:
+        `(input_ids, text)`: the token ids and the expanded text they encode (each image
+        placeholder repeated `t*h*w/merge_size**2` times).
+
+    Raises:
+        ValueError: If the tokenizer has no chat template, the messages are malformed, the
+            number of image placeholders differs from the number of images, the prompt asks
+            for a video, or the tokenizer does not keep the image token whole.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"tokenizer {type(tokenizer).__name__} has no chat template: load it from a checkpoint "
+            "directory that has one (tokenizer_config.json, chat_template.jinja or .json)"
+        )
+    _check_messages(messages)
+    text = tokenizer.apply_chat_template(
+        list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    video_token = getattr(tokenizer, "video_token", None) or DEFAULT_VIDEO_TOKEN
+    if video_token in text:
+        raise ValueError(f"the prompt contains a video ({video_token}); videos are not supported")
+    image_token = getattr(tokenizer, "image_token", None) or DEFAULT_IMAGE_TOKEN
+    counts = [] if image_grid_thw is None else num_image_tokens(image_grid_thw, merge_size)
+    text = expand_image_tokens(text, counts, image_token)
+    input_ids = list(tokenizer(text)["input_ids"])
+    image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+    if input_ids.count(image_token_id) != sum(counts):
+        raise ValueError(
+            f"the tokenizer split {image_token} (id {image_token_id}): found "
+            f"{input_ids.count(image_token_id)} image tokens, expected {sum(counts)}; is it "
+            "registered as a special token?"
+        )
+    return input_ids, text
+
+
+def pad_batch(
+    id_lists: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    length: int | None = None,
+    side: str = "left",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pads token id lists into one batch.
+
+    Args:
+        id_lists: b non-empty lists of token ids.
+        pad_id: Id written into padding positions.
+        length: Output length L; the longest prompt's length when None.
+        side: "left" (prompts end at the same column, for generation) or "right".
+
+    Returns:
+        `(ids, attention_mask)`, both int32 [b, L]; the mask is 1 on real tokens.
+
+    Raises:
+        ValueError: On an empty batch or prompt, a bad `side`, or a prompt longer than `length`.
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    if len(id_lists) == 0:
+        raise ValueError("cannot pad an empty batch of prompts")
+    lengths = [len(ids) for ids in id_lists]
+    for i, n in enumerate(lengths):
+        if n == 0:
+            raise ValueError(f"prompt {i} is empty")
+    length = max(lengths) if length is None else length
+    for i, n in enumerate(lengths):
+        if n > length:
+            raise ValueError(f"prompt {i} has {n} tokens, longer than length={length}")
+    ids_bt = np.full((len(id_lists), length), pad_id, np.int32)
+    mask_bt = np.zeros((len(id_lists), length), np.int32)
+    for i, (ids, n) in enumerate(zip(id_lists, lengths, strict=True)):
+        start = length - n if side == "left" else 0
+        ids_bt[i, start : start + n] = np.asarray(ids, np.int32)
+        mask_bt[i, start : start + n] = 1
+    return ids_bt, mask_bt
