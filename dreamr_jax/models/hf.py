@@ -23,12 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from dreamr_jax.models import config as config_lib
 from dreamr_jax.models import safetensors_io
 from dreamr_jax.models.qwen3_vl import Qwen3VL
-from dreamr_jax.models.sharding import ShardingRules, param_shardings
+from dreamr_jax.models.sharding import MESH_AXES, ShardingRules, param_shardings
 
 
 class CheckpointError(ValueError):
@@ -206,27 +206,30 @@ def load_pretrained(
     path = Path(path)
     cfg = read_config(path)
     files = [safetensors_io.SafetensorsFile(f) for f in _weight_files(path)]
+    mapping = param_map(cfg)
+    names = {name: f for f in files for name in f.keys()}
+    # Check names before reading any data: a wrong checkpoint fails in milliseconds.
+    skip = {n for n in names if n.endswith(_IGNORED_SUFFIXES)}
+    if cfg.text.tie_word_embeddings:
+        skip.add("lm_head.weight")  # tied: the head is the embedding; a stored copy is redundant
+    unexpected = sorted(n for n in names if n not in mapping and n not in skip)
+    if unexpected:
+        raise CheckpointError(
+            f"{path}: unexpected tensors not in a dense Qwen3-VL with this config: "
+            f"{_short(unexpected)}."
+        )
+    missing = [n for n in mapping if n not in names]
+    if missing:
+        raise CheckpointError(f"{path}: missing tensors {_short(missing)}.")
+
     abstract = nnx.eval_shape(lambda: Qwen3VL(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
-    if mesh is not None:
-        shardings = param_shardings(state, mesh, rules)
-    else:
-        device = NamedSharding(Mesh(np.asarray(jax.devices()[:1]), ("d",)), PartitionSpec())
-        shardings = jax.tree.map(
-            lambda _: device, state, is_leaf=lambda x: isinstance(x, nnx.Variable)
-        )
-    flat = dict(state.flat_state())
-    sh_flat = dict(shardings.flat_state()) if hasattr(shardings, "flat_state") else None
-    mapping = param_map(cfg)
-    unexpected, filled = [], set()
-    for name, file in safetensors_io.iter_tensors(files):
-        entry = mapping.get(name)
-        if entry is None:
-            if name == "lm_head.weight" and cfg.text.tie_word_embeddings:
-                continue  # tied: the head is the embedding, a stored copy is redundant
-            if not name.endswith(_IGNORED_SUFFIXES):
-                unexpected.append(name)
-            continue
+    if mesh is None:
+        mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1), MESH_AXES)
+    flat = dict(nnx.to_flat_state(state))
+    shardings = dict(nnx.to_flat_state(param_shardings(state, mesh, rules)))
+    for name, entry in mapping.items():
+        file = names[name]
         raw = file.get(name)
         if tuple(raw.shape) != entry.hf_shape:
             raise CheckpointError(
@@ -235,26 +238,12 @@ def load_pretrained(
             )
         var = flat[entry.path]
         value = _from_hf(np.asarray(raw), entry, var.shape).astype(var.dtype)
-        sharding = sh_flat[entry.path] if sh_flat is not None else _lookup(shardings, entry.path)
         var.set_value(
-            jax.make_array_from_callback(value.shape, sharding, lambda idx, v=value: v[idx])
+            jax.make_array_from_callback(
+                value.shape, shardings[entry.path], lambda idx, v=value: v[idx]
+            )
         )
-        filled.add(entry.path)
-    if unexpected:
-        raise CheckpointError(
-            f"{path}: unexpected tensors not in a dense Qwen3-VL with this config: "
-            f"{_short(unexpected)}."
-        )
-    missing = [name for name, e in mapping.items() if e.path not in filled]
-    if missing:
-        raise CheckpointError(f"{path}: missing tensors {_short(missing)}.")
-    return nnx.merge(graphdef, nnx.State.from_flat_path(flat)), cfg
-
-
-def _lookup(tree, path):
-    for p in path:
-        tree = tree[p]
-    return tree
+    return nnx.merge(graphdef, state), cfg
 
 
 def _short(names: list[str], n: int = 8) -> str:
@@ -287,7 +276,7 @@ def save_pretrained(
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    flat = dict(nnx.state(model, nnx.Param).flat_state())
+    flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     entries = []
     for name, entry in param_map(cfg).items():
         var = flat[entry.path]
