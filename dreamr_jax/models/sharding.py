@@ -103,8 +103,8 @@ def param_shardings(model_or_state, mesh: Mesh, rules: ShardingRules = ShardingR
             n = math.prod(mesh.shape[a] for a in ((axis,) if isinstance(axis, str) else axis))
             if size % n:
                 raise ShardingError(
-                    f"parameter {_path_str(path)} dim {dim} ({axes[dim]}={size}) does not "
-                    f"divide mesh axis '{axis}' of size {n}; use a mesh whose '{axis}' size "
+                    f"parameter {_path_str(path)} dim {dim} ({axes[dim]}={size}) is not "
+                    f"divisible by mesh axis '{axis}' of size {n}; use a mesh whose '{axis}' size "
                     f"divides {size}, or replicate it with ShardingRules({axes[dim]}=None)."
                 )
         return NamedSharding(mesh, spec)
