@@ -19,7 +19,7 @@ from flax import nnx, struct
 from dreamr_jax.inference.sampling import SamplingConfig, sample
 from dreamr_jax.models.config import ModelConfig
 from dreamr_jax.models.positions import rope_index
-from dreamr_jax.models.qwen3_vl import Qwen3VL, check_image_tokens
+from dreamr_jax.models.qwen3_vl import Qwen3VL, check_image_inputs
 from dreamr_jax.models.text import KVCache
 from dreamr_jax.models.vision import VisionInputs, vision_inputs
 
@@ -104,14 +104,14 @@ def make_batch(
         if len(p):
             ids[row, length - len(p) :] = p
             mask[row, length - len(p) :] = 1
+    check_image_inputs(ids, mask, pixel_values, image_grid_thw, cfg)
     vision = None
     if pixel_values is not None:
-        check_image_tokens(ids, mask, image_grid_thw, cfg)
         n = np.asarray(pixel_values).shape[0]
         unit = cfg.vision.spatial_merge_size**2
         pad = num_patches or max(unit, bucket(n, minimum=unit))
         vision = vision_inputs(pixel_values, image_grid_thw, cfg.vision, pad_to=pad)
-    positions, _ = rope_index(ids, image_grid_thw if vision is not None else None, mask, cfg)
+    positions, _ = rope_index(ids, image_grid_thw, mask, cfg)
     return PromptBatch(
         input_ids=jnp.asarray(ids),
         attention_mask=jnp.asarray(mask),
@@ -142,6 +142,8 @@ def _stopped(out_bn, step, tok_b, sampling: SamplingConfig):
         done |= tok_b == t
     for seq in sampling.stop_sequences:
         n = len(seq)
+        if n > out_bn.shape[1]:
+            continue  # cannot complete within max_new_tokens
         start = jnp.maximum(step - n + 1, 0)
         window = jax.lax.dynamic_slice_in_dim(out_bn, start, n, axis=1)
         done |= (step + 1 >= n) & jnp.all(window == jnp.asarray(seq, jnp.int32), axis=1)

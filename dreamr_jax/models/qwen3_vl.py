@@ -140,28 +140,42 @@ class Qwen3VL(nnx.Module):
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
         if mask.shape != ids.shape:
             raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}.")
+        check_image_inputs(ids, mask, pixel_values, image_grid_thw, self.cfg)
         vision = None
         if pixel_values is not None:
-            if image_grid_thw is None:
-                raise ValueError("pixel_values given without image_grid_thw.")
-            check_image_tokens(ids, mask, image_grid_thw, self.cfg)
             vision = vision_inputs(pixel_values, image_grid_thw, self.cfg.vision)
-        elif np.any(ids == self.cfg.image_token_id):
-            raise PromptImageMismatch(
-                "input_ids contain image tokens but no pixel_values were given."
-            )
-        positions, _ = rope_index(ids, None if vision is None else image_grid_thw, mask, self.cfg)
+        positions, _ = rope_index(ids, image_grid_thw, mask, self.cfg)
         return self.forward(
             jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(mask), vision=vision
         )
 
 
-def check_image_tokens(input_ids, attention_mask, image_grid_thw, cfg: ModelConfig) -> None:
-    """Raises `PromptImageMismatch` unless the image-token count equals the merged patch
-    count that ``image_grid_thw`` implies."""
+def check_image_inputs(
+    input_ids, attention_mask, pixel_values, image_grid_thw, cfg: ModelConfig
+) -> None:
+    """Host-side check that the image arguments agree with each other and the prompt.
+
+    Raises:
+      PromptImageMismatch: pixels without a grid (or the reverse), image tokens without
+        pixels, or an image-token count different from the merged patch count that
+        ``image_grid_thw`` implies.
+    """
+    if (pixel_values is None) != (image_grid_thw is None):
+        given, absent = (
+            ("pixel_values", "image_grid_thw")
+            if image_grid_thw is None
+            else ("image_grid_thw", "pixel_values")
+        )
+        raise PromptImageMismatch(f"{given} given without {absent}; pass both or neither.")
     ids = np.asarray(input_ids)
     mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
     n_tokens = int(np.sum((ids == cfg.image_token_id) & (mask == 1)))
+    if pixel_values is None:
+        if n_tokens:
+            raise PromptImageMismatch(
+                f"the prompt has {n_tokens} image tokens but no pixel_values were given."
+            )
+        return
     n_feats = int(num_merged_tokens(image_grid_thw, cfg.vision).sum())
     if n_tokens != n_feats:
         raise PromptImageMismatch(
