@@ -313,6 +313,13 @@ def save_pretrained(
             "weight_map": {e[0]: f for f, s in zip(names, shards, strict=True) for e in s},
         }
         _write_json(path / "model.safetensors.index.json", index)
+    else:
+        (path / "model.safetensors.index.json").unlink(missing_ok=True)
+    # Weight files of an earlier save in another layout would shadow the new ones
+    # (transformers prefers model.safetensors, we prefer the index): remove them last.
+    for old in [path / "model.safetensors", *path.glob("model-*-of-*.safetensors")]:
+        if old.is_file() and old.name not in names:
+            old.unlink()
     stored = np.dtype(dtype or entries[0][2])
     _write_json(path / "config.json", config_lib.to_hf_dict(cfg, dtype=_torch_dtype(stored)))
     return written

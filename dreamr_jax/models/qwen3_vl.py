@@ -57,10 +57,11 @@ class Qwen3VL(nnx.Module):
 
     # ---------------------------------------------------------------- array API (jittable)
 
-    def embed(self, input_ids_bt: jax.Array, vision: VisionInputs | None = None):
+    def embed(self, input_ids_bt, attention_mask_bt, vision: VisionInputs | None = None):
         """Token embeddings with image features scattered into the image placeholders.
 
-        Image token ``j`` (counting row-major over the batch) receives merged feature ``j``.
+        Image token ``j`` (counting real tokens row-major over the batch) receives merged
+        feature ``j``; image ids in padding slots are ignored.
 
         Returns:
           ``(x_btd, deepstack)`` with ``deepstack = (visual_mask_bt, [x_btd per layer])``
@@ -70,14 +71,10 @@ class Qwen3VL(nnx.Module):
         if vision is None:
             return x, None
         feats, deep = self.visual(vision)
-        is_img = input_ids_bt == self.cfg.image_token_id
+        is_img = (input_ids_bt == self.cfg.image_token_id) & attention_mask_bt
         flat = jnp.cumsum(is_img.reshape(-1)) - 1
         idx = jnp.clip(flat, 0, feats.shape[0] - 1).reshape(is_img.shape)
-
-        def scatter(base, f):
-            return jnp.where(is_img[..., None], jnp.take(f, idx, axis=0).astype(base.dtype), base)
-
-        x = scatter(x, feats)
+        x = jnp.where(is_img[..., None], jnp.take(feats, idx, axis=0).astype(x.dtype), x)
         deep_btd = [jnp.take(f, idx, axis=0).astype(x.dtype) for f in deep]
         return x, (is_img, deep_btd)
 
@@ -111,9 +108,10 @@ class Qwen3VL(nnx.Module):
         Returns:
           `ModelOutput` with logits (or hidden states) and the updated cache.
         """
-        x, deepstack = self.embed(input_ids_bt, vision)
+        mask = attention_mask_bt.astype(bool)
+        x, deepstack = self.embed(input_ids_bt, mask, vision)
         hidden, cache = self.language_model(
-            x, positions_3bt, attention_mask_bt.astype(bool), cache=cache, deepstack=deepstack
+            x, positions_3bt, mask, cache=cache, deepstack=deepstack
         )
         return ModelOutput(logits=hidden if return_hidden else self.logits(hidden), cache=cache)
 
