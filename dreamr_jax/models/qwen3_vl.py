@@ -40,19 +40,11 @@ class Qwen3VL(nnx.Module):
         self.dtype = dtype
         self.visual = VisionModel(cfg.vision, dtype=dtype, rngs=rngs)
         self.language_model = TextModel(cfg.text, dtype=dtype, rngs=rngs)
-        t = cfg.text
+        d, v = cfg.text.hidden_size, cfg.text.vocab_size
         self.lm_head = (
             None
-            if t.tie_word_embeddings
-            else Dense(
-                (t.hidden_size,),
-                (t.vocab_size,),
-                in_axes=("embed",),
-                out_axes=("vocab",),
-                use_bias=False,
-                dtype=dtype,
-                rngs=rngs,
-            )
+            if cfg.text.tie_word_embeddings
+            else Dense((d,), (v,), ("embed",), ("vocab",), use_bias=False, dtype=dtype, rngs=rngs)
         )
 
     # ---------------------------------------------------------------- array API (jittable)

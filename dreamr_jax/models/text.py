@@ -9,6 +9,8 @@ ids), which is what lets images and left padding coexist with one cache.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -80,76 +82,21 @@ class DecoderLayer(nnx.Module):
     """Qwen3 decoder layer: RMSNorm -> GQA with QK-norm -> RMSNorm -> SwiGLU."""
 
     def __init__(self, cfg: TextConfig, *, dtype, rngs: nnx.Rngs):
+        dense = functools.partial(Dense, dtype=dtype, rngs=rngs)
         d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         bias = cfg.attention_bias
         self.input_norm = RMSNorm(d, eps=cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
         self.post_attention_norm = RMSNorm(d, eps=cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
-        self.q_proj = Dense(
-            (d,),
-            (n, h),
-            in_axes=("embed",),
-            out_axes=("heads", "head_dim"),
-            use_bias=bias,
-            dtype=dtype,
-            rngs=rngs,
-        )
-        self.k_proj = Dense(
-            (d,),
-            (k, h),
-            in_axes=("embed",),
-            out_axes=("kv_heads", "head_dim"),
-            use_bias=bias,
-            dtype=dtype,
-            rngs=rngs,
-        )
-        self.v_proj = Dense(
-            (d,),
-            (k, h),
-            in_axes=("embed",),
-            out_axes=("kv_heads", "head_dim"),
-            use_bias=bias,
-            dtype=dtype,
-            rngs=rngs,
-        )
-        self.o_proj = Dense(
-            (n, h),
-            (d,),
-            in_axes=("heads", "head_dim"),
-            out_axes=("embed",),
-            use_bias=bias,
-            dtype=dtype,
-            rngs=rngs,
-        )
+        self.q_proj = dense((d,), (n, h), ("embed",), ("heads", "head_dim"), use_bias=bias)
+        self.k_proj = dense((d,), (k, h), ("embed",), ("kv_heads", "head_dim"), use_bias=bias)
+        self.v_proj = dense((d,), (k, h), ("embed",), ("kv_heads", "head_dim"), use_bias=bias)
+        self.o_proj = dense((n, h), (d,), ("heads", "head_dim"), ("embed",), use_bias=bias)
         self.q_norm = RMSNorm(h, eps=cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
         self.k_norm = RMSNorm(h, eps=cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
         mlp = cfg.intermediate_size
-        self.gate_proj = Dense(
-            (d,),
-            (mlp,),
-            in_axes=("embed",),
-            out_axes=("mlp",),
-            use_bias=False,
-            dtype=dtype,
-            rngs=rngs,
-        )
-        self.up_proj = Dense(
-            (d,),
-            (mlp,),
-            in_axes=("embed",),
-            out_axes=("mlp",),
-            use_bias=False,
-            dtype=dtype,
-            rngs=rngs,
-        )
-        self.down_proj = Dense(
-            (mlp,),
-            (d,),
-            in_axes=("mlp",),
-            out_axes=("embed",),
-            use_bias=False,
-            dtype=dtype,
-            rngs=rngs,
-        )
+        self.gate_proj = dense((d,), (mlp,), ("embed",), ("mlp",), use_bias=False)
+        self.up_proj = dense((d,), (mlp,), ("embed",), ("mlp",), use_bias=False)
+        self.down_proj = dense((mlp,), (d,), ("mlp",), ("embed",), use_bias=False)
 
     def __call__(self, x_btd, cos, sin, mask_bts, kv=None, layer=0, index=None):
         """One layer.

@@ -10,6 +10,8 @@ sees arrays of a static (bucketed) length ``p``; padding patches have segment id
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -150,46 +152,15 @@ class VisionBlock(nnx.Module):
     """Pre-norm transformer block with 2D rotary, block-diagonal (per image) attention."""
 
     def __init__(self, cfg: VisionConfig, *, dtype, rngs: nnx.Rngs):
+        dense = functools.partial(Dense, dtype=dtype, rngs=rngs)
         d, n, hd = cfg.hidden_size, cfg.num_heads, cfg.head_dim
         self.act_approximate = cfg.hidden_act == "gelu_pytorch_tanh"
         self.norm1 = LayerNorm(d, eps=1e-6, dtype=dtype, rngs=rngs)
         self.norm2 = LayerNorm(d, eps=1e-6, dtype=dtype, rngs=rngs)
-        self.qkv = Dense(
-            (d,),
-            (3, n, hd),
-            in_axes=("embed",),
-            out_axes=(None, "heads", "head_dim"),
-            use_bias=True,
-            dtype=dtype,
-            rngs=rngs,
-        )
-        self.proj = Dense(
-            (n, hd),
-            (d,),
-            in_axes=("heads", "head_dim"),
-            out_axes=("embed",),
-            use_bias=True,
-            dtype=dtype,
-            rngs=rngs,
-        )
-        self.fc1 = Dense(
-            (d,),
-            (cfg.intermediate_size,),
-            in_axes=("embed",),
-            out_axes=("mlp",),
-            use_bias=True,
-            dtype=dtype,
-            rngs=rngs,
-        )
-        self.fc2 = Dense(
-            (cfg.intermediate_size,),
-            (d,),
-            in_axes=("mlp",),
-            out_axes=("embed",),
-            use_bias=True,
-            dtype=dtype,
-            rngs=rngs,
-        )
+        self.qkv = dense((d,), (3, n, hd), ("embed",), (None, "heads", "head_dim"), use_bias=True)
+        self.proj = dense((n, hd), (d,), ("heads", "head_dim"), ("embed",), use_bias=True)
+        self.fc1 = dense((d,), (cfg.intermediate_size,), ("embed",), ("mlp",), use_bias=True)
+        self.fc2 = dense((cfg.intermediate_size,), (d,), ("mlp",), ("embed",), use_bias=True)
 
     def __call__(self, x_pd, cos, sin, mask_pp):
         qkv = self.qkv(self.norm1(x_pd))  # [p, 3, n, hd]
@@ -208,28 +179,13 @@ class PatchMerger(nnx.Module):
     """
 
     def __init__(self, cfg: VisionConfig, *, postshuffle: bool, dtype, rngs: nnx.Rngs):
+        dense = functools.partial(Dense, dtype=dtype, rngs=rngs)
         d, m2 = cfg.hidden_size, cfg.spatial_merge_size**2
         self.width = d * m2
         self.postshuffle = postshuffle
         self.norm = LayerNorm(self.width if postshuffle else d, eps=1e-6, dtype=dtype, rngs=rngs)
-        self.fc1 = Dense(
-            (self.width,),
-            (self.width,),
-            in_axes=("embed",),
-            out_axes=("mlp",),
-            use_bias=True,
-            dtype=dtype,
-            rngs=rngs,
-        )
-        self.fc2 = Dense(
-            (self.width,),
-            (cfg.out_hidden_size,),
-            in_axes=("mlp",),
-            out_axes=("embed",),
-            use_bias=True,
-            dtype=dtype,
-            rngs=rngs,
-        )
+        self.fc1 = dense((self.width,), (self.width,), ("embed",), ("mlp",), use_bias=True)
+        self.fc2 = dense((self.width,), (cfg.out_hidden_size,), ("mlp",), ("embed",), use_bias=True)
 
     def __call__(self, x_pd):
         if self.postshuffle:
@@ -243,15 +199,10 @@ class VisionModel(nnx.Module):
     """The vision tower. Returns merged features and one DeepStack feature per merger."""
 
     def __init__(self, cfg: VisionConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        dense = functools.partial(Dense, dtype=dtype, rngs=rngs)
         self.cfg = cfg
-        self.patch_embed = Dense(
-            (cfg.patch_dim,),
-            (cfg.hidden_size,),
-            in_axes=(None,),
-            out_axes=("embed",),
-            use_bias=True,
-            dtype=dtype,
-            rngs=rngs,
+        self.patch_embed = dense(
+            (cfg.patch_dim,), (cfg.hidden_size,), (None,), ("embed",), use_bias=True
         )
         self.pos_embed = Embed(
             cfg.num_position_embeddings,
