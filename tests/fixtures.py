@@ -5,40 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-#: Qwen special tokens, in id order 0..6 of the tiny tokenizer.
-QWEN_SPECIAL_TOKENS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
-
-#: A Qwen3-VL-style chat template, trimmed to what prompts here use (no tools, no thinking).
-QWEN_CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
-    "{%- if message['content'] is string -%}"
-    "{{- message['content'] -}}"
-    "{%- else -%}"
-    "{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'image' or 'image' in item -%}"
-    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
-    "{%- elif item['type'] == 'video' or 'video' in item -%}"
-    "{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
-    "{%- elif 'text' in item -%}"
-    "{{- item['text'] -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- endif -%}"
-    "{{- '<|im_end|>\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}"
-    "{{- '<|im_start|>assistant\\n' -}}"
-    "{%- endif -%}"
-)
+from dreamr_jax.processing.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS
 
 _CORPUS = (
     "You are a helpful assistant.\n",
@@ -69,7 +36,7 @@ def make_tiny_tokenizer(path: str | os.PathLike, vocab_size: int = 400) -> Path:
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(QWEN_SPECIAL_TOKENS),
+        special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -79,8 +46,8 @@ def make_tiny_tokenizer(path: str | os.PathLike, vocab_size: int = 400) -> Path:
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         unk_token=None,
-        additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]),
-        chat_template=QWEN_CHAT_TEMPLATE,
+        additional_special_tokens=list(SPECIAL_TOKENS[1:]),
+        chat_template=CHAT_TEMPLATE,
     )
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

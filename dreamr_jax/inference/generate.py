@@ -252,17 +252,3 @@ def truncate_at_stop(text: str, stop_strings: Sequence[str]) -> str:
     """Cuts decoded text at the first occurrence of any stop string (kept out)."""
     cut = min((i for s in stop_strings if (i := text.find(s)) >= 0), default=len(text))
     return text[:cut]
-
-
-__all__ = [
-    "CacheTooShort",
-    "GenerateOutput",
-    "PromptBatch",
-    "SamplingConfig",
-    "bucket",
-    "decode",
-    "generate",
-    "make_batch",
-    "prefill",
-    "truncate_at_stop",
-]

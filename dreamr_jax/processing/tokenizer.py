@@ -19,37 +19,53 @@ SPECIAL_TOKENS = (
     "<|video_pad|>",
 )
 
-# Qwen-style ChatML; an image item renders as <|vision_start|><|image_pad|><|vision_end|>,
-# which prompt building expands to one <|image_pad|> per merged image patch.
+# Qwen3-VL-style ChatML, trimmed to what prompts here use (no tools, no thinking). An image
+# item renders as <|vision_start|><|image_pad|><|vision_end|>, which prompt building expands
+# to one <|image_pad|> per merged image patch.
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
-    "<|im_start|>{{ message['role'] + '\\n' }}"
-    "{%- if message['content'] is string -%}{{ message['content'] }}"
-    "{%- else -%}{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'image' -%}<|vision_start|><|image_pad|><|vision_end|>"
-    "{%- elif item['type'] == 'text' -%}{{ item['text'] }}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}<|im_end|>{{ '\\n' }}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['content'] is string -%}"
+    "{{- message['content'] -}}"
+    "{%- else -%}"
+    "{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' or 'image' in item -%}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif item['type'] == 'video' or 'video' in item -%}"
+    "{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+    "{%- elif 'text' in item -%}"
+    "{{- item['text'] -}}"
+    "{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|im_start|>assistant{{ '\\n' }}{%- endif -%}"
+    "{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- endif -%}"
 )
 
 
 def byte_tokenizer():
-    """A `transformers.PreTrainedTokenizerFast` over the 256 bytes plus the special tokens
-    (ids 256..262), with `CHAT_TEMPLATE`."""
+    """A `transformers.Qwen2TokenizerFast` (the class of real Qwen3-VL tokenizers) over the
+    256 bytes plus the special tokens (ids 256..262), with `CHAT_TEMPLATE`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from transformers import Qwen2TokenizerFast
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok)
-    fast.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
-    fast.eos_token, fast.pad_token = "<|im_end|>", "<|endoftext|>"
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    return Qwen2TokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        additional_special_tokens=list(SPECIAL_TOKENS[1:]),
+        chat_template=CHAT_TEMPLATE,
+    )
 
 
 def save_byte_tokenizer(path: str | os.PathLike):
