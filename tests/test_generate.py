@@ -293,9 +293,11 @@ def test_chunked_prefill_equals_one_prefill(pair, cached_case):
     np.testing.assert_array_equal(three.next_pos, one.next_pos)
     assert int(three.index) == int(one.index) == PREFILL
     slots = np.asarray(one.mask)  # keys/values of padding slots are masked, so unchecked
-    for name in ("k", "v"):
-        a, c = np.asarray(getattr(three, name)), np.asarray(getattr(one, name))
-        np.testing.assert_allclose(a[:, slots], c[:, slots], rtol=0, atol=ATOL, err_msg=name)
+    for layer in range(pair.model.cfg.text.num_layers):
+        for name, a, c in zip("kv", three.layer_kv(layer), one.layer_kv(layer), strict=True):
+            np.testing.assert_allclose(
+                np.asarray(a)[slots], np.asarray(c)[slots], rtol=0, atol=ATOL, err_msg=name
+            )
 
 
 # ------------------------------------------------------------------------- 3. sampling
@@ -570,3 +572,13 @@ def test_image_inputs_given_alone(pair, missing):
     del kw[missing]
     with pytest.raises(ValueError, match=missing):
         make_batch(cfg, [[1, 2] + _image(cfg, grids[0])], **kw)
+
+
+def test_generate_accepts_a_split_model(pair):
+    prompts, pix, grids = _case_one_image(pair.cfg, np.random.default_rng(1))
+    batch = make_batch(pair.cfg, prompts, pixel_values=pix, image_grid_thw=grids)
+    sampling = SamplingConfig(max_new_tokens=MAX_NEW, temperature=0.7, top_k=20)
+    key = jax.random.key(3)
+    whole = generate(pair.model, batch, sampling, rng=key)
+    split = generate(nnx.split(pair.model), batch, sampling, rng=key)
+    np.testing.assert_array_equal(np.asarray(split.tokens), np.asarray(whole.tokens))

@@ -214,7 +214,7 @@ def _generate(
 
 
 def generate(
-    model: Qwen3VL,
+    model: Qwen3VL | tuple[nnx.GraphDef, nnx.State],
     batch: PromptBatch,
     sampling: SamplingConfig = SamplingConfig(),
     *,
@@ -224,7 +224,8 @@ def generate(
     """Generates continuations of a `PromptBatch` in one compiled program.
 
     Args:
-      model: the model (split into graphdef/state here; jitted code merges it back).
+      model: the model, or its ``nnx.split(model)`` (a serving loop splits once: splitting
+        costs milliseconds per call).
       batch: left-padded prompts from `make_batch`.
       sampling: sampling and stopping settings.
       rng: PRNG key for sampling (default key 0).
@@ -243,7 +244,7 @@ def generate(
             f"prompt length {t} + max_new_tokens {sampling.max_new_tokens} = {need} exceeds the "
             f"KV cache length {cache_length}; raise cache_length or lower max_new_tokens."
         )
-    graphdef, state = nnx.split(model)
+    graphdef, state = model if isinstance(model, tuple) else nnx.split(model)
     rng = jax.random.key(0) if rng is None else rng
     return _generate(graphdef, state, batch, rng, sampling=sampling, cache_length=cache_length)
 

@@ -167,3 +167,43 @@ def attend(
     probs = jax.nn.softmax(logits, axis=-1).astype(v_bskh.dtype)
     out = jnp.einsum("bkgts,bskh->btkgh", probs, v_bskh)
     return out.reshape(b, t, n, h)
+
+
+def to_cache_layout(k_btkh: jax.Array, v_btkh: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Keys ``[b, t, k, h] -> [b*k, t, h]`` and values ``[b, t, k, h] -> [b*k, h, t]``.
+
+    The KV cache keeps this layout because it is what the decode-step matmuls consume:
+    with it XLA never copies a whole layer's cache into another layout per step (measured
+    on CPU: 103 -> 57 ms per step at batch 8, 2048 slots; see BENCHMARKS.md).
+    """
+    b, t, k, h = k_btkh.shape
+    keys = k_btkh.transpose(0, 2, 1, 3).reshape(b * k, t, h)
+    values = v_btkh.transpose(0, 2, 3, 1).reshape(b * k, h, t)
+    return keys, values
+
+
+def attend_cached(
+    q_btnh: jax.Array, k_xsh: jax.Array, v_xhs: jax.Array, mask_bts: jax.Array
+) -> jax.Array:
+    """`attend` over keys and values in the cache layout of `to_cache_layout`.
+
+    Args:
+      q_btnh: queries ``[b, t, n, h]``.
+      k_xsh: keys ``[b*k, s, h]`` (batch-major rows).
+      v_xhs: values ``[b*k, h, s]``.
+      mask_bts: ``[b, t, s]``, True where query t may attend to slot s.
+
+    Returns:
+      ``[b, t, n, h]`` in the dtype of ``v``.
+    """
+    b, t, n, h = q_btnh.shape
+    x, s, _ = k_xsh.shape
+    k = x // b
+    g = n // k
+    q = q_btnh.reshape(b, t, k, g, h).transpose(0, 2, 1, 3, 4).reshape(x, t * g, h)
+    logits = jnp.einsum("xqh,xsh->xqs", q, k_xsh, preferred_element_type=jnp.float32)
+    mask = jnp.broadcast_to(mask_bts[:, None, :, None, :], (b, k, t, g, s)).reshape(x, t * g, s)
+    logits = jnp.where(mask, logits * (h**-0.5), jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v_xhs.dtype)
+    out = jnp.einsum("xqs,xhs->xqh", probs, v_xhs)
+    return out.reshape(b, k, t, g, h).transpose(0, 2, 1, 3, 4).reshape(b, t, n, h)

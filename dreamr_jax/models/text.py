@@ -17,7 +17,15 @@ import numpy as np
 from flax import nnx, struct
 
 from dreamr_jax.models.config import TextConfig
-from dreamr_jax.models.layers import Dense, Embed, RMSNorm, apply_rope, attend
+from dreamr_jax.models.layers import (
+    Dense,
+    Embed,
+    RMSNorm,
+    apply_rope,
+    attend,
+    attend_cached,
+    to_cache_layout,
+)
 
 
 @struct.dataclass
@@ -25,14 +33,15 @@ class KVCache:
     """Functional key/value cache for all decoder layers.
 
     Attributes:
-      k, v: ``[layers, b, s, k, h]`` keys (after QK-norm and RoPE) and values.
+      k: per layer, keys (after QK-norm and RoPE) ``[b*k, s, h]``, batch-major rows.
+      v: per layer, values ``[b*k, h, s]``.
       mask: ``[b, s]`` bool, True for slots holding a real token.
       index: ``[]`` int32, the next slot to write (shared by all rows).
       next_pos: ``[b]`` int32, the rotary position of each row's next token.
     """
 
-    k: jax.Array
-    v: jax.Array
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
     mask: jax.Array
     index: jax.Array
     next_pos: jax.Array
@@ -40,18 +49,25 @@ class KVCache:
     @property
     def length(self) -> int:
         """Static number of slots ``s``."""
-        return self.k.shape[2]
+        return self.mask.shape[1]
 
     @classmethod
     def init(cls, cfg: TextConfig, batch: int, length: int, dtype=jnp.float32) -> KVCache:
-        shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+        rows, h = batch * cfg.num_kv_heads, cfg.head_dim
         return cls(
-            k=jnp.zeros(shape, dtype),
-            v=jnp.zeros(shape, dtype),
+            k=tuple(jnp.zeros((rows, length, h), dtype) for _ in range(cfg.num_layers)),
+            v=tuple(jnp.zeros((rows, h, length), dtype) for _ in range(cfg.num_layers)),
             mask=jnp.zeros((batch, length), bool),
             index=jnp.zeros((), jnp.int32),
             next_pos=jnp.zeros((batch,), jnp.int32),
         )
+
+    def layer_kv(self, layer: int) -> tuple[jax.Array, jax.Array]:
+        """Layer ``layer``'s keys and values as ``[b, s, k, h]`` (for inspection)."""
+        b, s = self.mask.shape
+        k = self.k[layer].reshape(b, -1, s, self.k[layer].shape[-1]).transpose(0, 2, 1, 3)
+        v = self.v[layer].reshape(b, -1, self.v[layer].shape[1], s).transpose(0, 3, 1, 2)
+        return k, v
 
 
 def mrope_cos_sin(positions_3bt: jax.Array, cfg: TextConfig) -> tuple[jax.Array, jax.Array]:
@@ -98,7 +114,7 @@ class DecoderLayer(nnx.Module):
         self.up_proj = dense((d,), (mlp,), ("embed",), ("mlp",), use_bias=False)
         self.down_proj = dense((mlp,), (d,), ("mlp",), ("embed",), use_bias=False)
 
-    def __call__(self, x_btd, cos, sin, mask_bts, kv=None, layer=0, index=None):
+    def __call__(self, x_btd, cos, sin, mask_bts, kv=None, index=None):
         """One layer.
 
         Args:
@@ -106,8 +122,8 @@ class DecoderLayer(nnx.Module):
           cos, sin: rotary tables ``[b, t, h]``.
           mask_bts: attention mask over the keys attended to (the chunk itself when
             ``kv`` is None, else all cache slots).
-          kv: optional ``(k, v)`` caches of all layers, ``[layers, b, s, k, h]``; this
-            layer's chunk is written in place at ``[layer, :, index]``.
+          kv: optional ``(k [b*k, s, h], v [b*k, h, s])`` cache of this layer; the chunk
+            is written in place at slot ``index``.
 
         Returns:
           ``(x_btd, updated kv or None)``.
@@ -116,14 +132,16 @@ class DecoderLayer(nnx.Module):
         q = apply_rope(self.q_norm(self.q_proj(h)), cos, sin)
         k = apply_rope(self.k_norm(self.k_proj(h)), cos, sin)
         v = self.v_proj(h)
-        if kv is not None:
-            at = (layer, 0, index, 0, 0)
-            kv = tuple(
-                jax.lax.dynamic_update_slice(c, x[None].astype(c.dtype), at)
-                for c, x in zip(kv, (k, v), strict=True)
+        if kv is None:
+            attn = attend(q, k, v, mask_bts)
+        else:
+            k_new, v_new = to_cache_layout(k.astype(kv[0].dtype), v.astype(kv[1].dtype))
+            kv = (
+                jax.lax.dynamic_update_slice(kv[0], k_new, (0, index, 0)),
+                jax.lax.dynamic_update_slice(kv[1], v_new, (0, 0, index)),
             )
-            k, v = kv[0][layer], kv[1][layer]
-        x_btd = x_btd + self.o_proj(attend(q, k, v, mask_bts))
+            attn = attend_cached(q, kv[0], kv[1], mask_bts)
+        x_btd = x_btd + self.o_proj(attn)
         h = self.post_attention_norm(x_btd)
         x_btd = x_btd + self.down_proj(jax.nn.silu(self.gate_proj(h)) * self.up_proj(h))
         return x_btd, kv
@@ -176,9 +194,13 @@ class TextModel(nnx.Module):
             slot_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, attention_mask_bt, index, 1)
             visible = slots[None, :] <= (index + jnp.arange(t))[:, None]  # [t, s]
             mask = visible[None] & slot_mask[:, None, :]
-        kv = None if cache is None else (cache.k, cache.v)
+        new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
-            x_btd, kv = layer(x_btd, cos, sin, mask, kv, i, index)
+            kv = None if cache is None else (cache.k[i], cache.v[i])
+            x_btd, kv = layer(x_btd, cos, sin, mask, kv, index)
+            if kv is not None:
+                new_k.append(kv[0])
+                new_v.append(kv[1])
             if deepstack is not None and i < len(deepstack[1]):
                 x_btd = x_btd + jnp.where(deepstack[0][..., None], deepstack[1][i], 0).astype(
                     x_btd.dtype
@@ -187,6 +209,6 @@ class TextModel(nnx.Module):
             chunk_max = jnp.max(jnp.where(attention_mask_bt[None], positions_3bt, -1), (0, 2))
             next_pos = jnp.maximum(cache.next_pos, chunk_max.astype(jnp.int32) + 1)
             cache = cache.replace(
-                k=kv[0], v=kv[1], mask=slot_mask, index=index + t, next_pos=next_pos
+                k=tuple(new_k), v=tuple(new_v), mask=slot_mask, index=index + t, next_pos=next_pos
             )
         return self.norm(x_btd), cache
