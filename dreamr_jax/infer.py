@@ -123,7 +123,11 @@ def demo_image(size: int = 64, seed: int = 0) -> np.ndarray:
 
 
 def builtin_checkpoint(path: Path, *, seed: int, dtype) -> Path:
-    """Writes the tiny random model, its byte tokenizer and image settings (once)."""
+    """Writes the tiny random model, its byte tokenizer and image settings (once).
+
+    ``config.json`` is written last (by `hf.save_pretrained`), so its presence marks a
+    complete directory and an interrupted first run is simply redone.
+    """
     if (path / "config.json").is_file():
         return path
     tok = save_byte_tokenizer(path)
@@ -136,8 +140,6 @@ def builtin_checkpoint(path: Path, *, seed: int, dtype) -> Path:
         vision_start_token_id=ids("<|vision_start|>"),
         vision_end_token_id=ids("<|vision_end|>"),
     ).validate()
-    model = Qwen3VL(cfg, dtype=dtype, rngs=nnx.Rngs(seed))
-    hf.save_pretrained(model, cfg, path)
     v = cfg.vision
     side = v.patch_size * v.spatial_merge_size
     processor = {
@@ -150,6 +152,7 @@ def builtin_checkpoint(path: Path, *, seed: int, dtype) -> Path:
         "size": {"shortest_edge": (2 * side) ** 2, "longest_edge": (4 * side) ** 2},
     }
     (path / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    hf.save_pretrained(Qwen3VL(cfg, dtype=dtype, rngs=nnx.Rngs(seed)), cfg, path)
     return path
 
 

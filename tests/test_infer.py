@@ -78,3 +78,11 @@ def test_cli(tmp_path):
     resolved = json.loads((tmp_path / "config.json").read_text())
     assert resolved["generate"]["max_new_tokens"] == 4
     assert json.loads((tmp_path / "generation.json").read_text())["answer_tokens"] <= 4
+
+
+def test_interrupted_builtin_model_is_rewritten(tmp_path):
+    first = infer.run(_cfg(), tmp_path)
+    (tmp_path / "model" / "config.json").unlink()  # as if killed before the last write
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"\0" * 10)
+    again = infer.run(_cfg(), tmp_path)
+    assert again["answer"] == first["answer"]
