@@ -165,24 +165,22 @@ def run(cfg: InferConfig, workdir: str | os.PathLike) -> dict:
         if cfg.model.checkpoint
         else builtin_checkpoint(workdir / "model", seed=cfg.model.seed, dtype=dtype)
     )
+    # Everything cheap is checked before any weight is read: config, mesh, image, prompt.
+    mcfg = hf.read_config(path)
     shape = (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     # Like a serving engine's parallel size: the mesh may use a prefix of the devices.
     mesh = make_mesh(shape, jax.devices()[: min(math.prod(shape), jax.device_count())])
-    t0 = time.perf_counter()
-    model, mcfg = hf.load_pretrained(path, dtype=dtype, mesh=mesh)
-    load_s = time.perf_counter() - t0
     tok = load_tokenizer(path)
     image = cfg.prompt.image or demo_image()
     pixels, grid = preprocess_images([image], ImageProcessorConfig.from_pretrained(path))
-    messages = [
-        {
-            "role": "user",
-            "content": [{"type": "image"}, {"type": "text", "text": cfg.prompt.question}],
-        }
-    ]
+    content = [{"type": "image"}, {"type": "text", "text": cfg.prompt.question}]
+    messages = [{"role": "user", "content": content}]
     ids, _ = build_prompt(tok, messages, grid, merge_size=mcfg.vision.spatial_merge_size)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     batch = make_batch(mcfg, [ids], pixel_values=pixels, image_grid_thw=grid, pad_id=pad)
+    t0 = time.perf_counter()
+    model, _ = hf.load_pretrained(path, dtype=dtype, mesh=mesh)
+    load_s = time.perf_counter() - t0
     g = cfg.generate
     stops = tuple(tuple(tok.encode(s, add_special_tokens=False)) for s in g.stop_strings)
     sampling = SamplingConfig(

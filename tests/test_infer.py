@@ -86,3 +86,18 @@ def test_interrupted_builtin_model_is_rewritten(tmp_path):
     (tmp_path / "model" / "model.safetensors").write_bytes(b"\0" * 10)
     again = infer.run(_cfg(), tmp_path)
     assert again["answer"] == first["answer"]
+
+
+def test_bad_image_is_named_before_model_work(tmp_path, monkeypatch):
+    infer.run(_cfg(), tmp_path)  # writes the built-in model once
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("weights were loaded before the image was checked")
+
+    monkeypatch.setattr(infer.hf, "load_pretrained", no_load)
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        infer.run(_cfg(f"prompt.image={tmp_path / 'missing.png'}"), tmp_path)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    with pytest.raises(ValueError, match="corrupt.png"):
+        infer.run(_cfg(f"prompt.image={corrupt}"), tmp_path)
