@@ -374,7 +374,7 @@ def test_bf16_save_and_load(reference, tmp_path):
     assert {dtype for dtype, *_ in header.values()} == {"BF16"}
     assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
 
-    ours16, _ = hf.load_pretrained(tmp_path, dtype=jnp.bfloat16)
+    ours16, _ = hf.load_pretrained(tmp_path, dtype="bfloat16")  # names work like dtypes
     assert {v.dtype for v in _params(ours16).values()} == {np.dtype(jnp.bfloat16)}
     ours32, _ = hf.load_pretrained(tmp_path, dtype=jnp.float32)  # bf16 values, widened
     want_params = _params(ref.ours)

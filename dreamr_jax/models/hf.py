@@ -191,7 +191,8 @@ def load_pretrained(
 
     Args:
       path: directory with ``config.json`` and safetensors (single or sharded + index).
-      dtype: parameter dtype (``jnp.bfloat16`` or ``jnp.float32``); tensors are cast.
+      dtype: parameter dtype (``jnp.bfloat16``, ``jnp.float32`` or their names); tensors
+        are cast.
       mesh: optional ``(data, fsdp, tensor)`` mesh; each tensor is placed straight into its
         sharding. Without a mesh, parameters go to the default device.
       rules: logical-axis rules for the mesh.
@@ -204,6 +205,7 @@ def load_pretrained(
       ConfigError: an unsupported or inconsistent ``config.json``.
     """
     path = Path(path)
+    dtype = jnp.dtype(dtype)
     cfg = read_config(path)
     files = [safetensors_io.SafetensorsFile(f) for f in _weight_files(path)]
     mapping = param_map(cfg)

@@ -11,6 +11,8 @@ Two ways in:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,6 +116,8 @@ class Qwen3VL(nnx.Module):
     ) -> ModelOutput:
         """Same meaning as ``Qwen3VLForConditionalGeneration.forward`` (no cache).
 
+        Host arrays in; compiled once per input shape. Inside jitted code call `forward`.
+
         Args:
           input_ids: ``[b, t]`` token ids with image placeholders already expanded (as the
             processor returns them).
@@ -135,9 +139,16 @@ class Qwen3VL(nnx.Module):
         if pixel_values is not None:
             vision = vision_inputs(pixel_values, image_grid_thw, self.cfg.vision)
         positions, _ = rope_index(ids, image_grid_thw, mask, self.cfg)
-        return self.forward(
-            jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(mask), vision=vision
-        )
+        graphdef, state = nnx.split(self)
+        logits = _forward_logits(graphdef, state, ids, positions, mask, vision)
+        return ModelOutput(logits=logits)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _forward_logits(graphdef, state, ids, positions, mask, vision):
+    """`Qwen3VL.forward` compiled once per input shape (op-by-op eager dispatch of a whole
+    VLM takes seconds per call on CPU)."""
+    return nnx.merge(graphdef, state).forward(ids, positions, mask, vision=vision).logits
 
 
 def check_image_inputs(
