@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from dreamr_jax.models import config as config_lib
@@ -264,7 +265,9 @@ def save_pretrained(
     """Writes ``model`` as a Hugging Face Qwen3-VL directory.
 
     Files are written next to their final names and renamed into place, so an interrupted
-    save never leaves a half-written ``config.json`` or shard behind a good one.
+    save never leaves a half-written ``config.json`` or shard behind a good one. In a
+    multi-process run every process must call this (parameters spread over hosts are
+    gathered tensor by tensor); only process 0 writes.
 
     Args:
       model: the model.
@@ -277,7 +280,9 @@ def save_pretrained(
       The weight files written.
     """
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    writer = jax.process_index() == 0
+    if writer:
+        path.mkdir(parents=True, exist_ok=True)
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     entries = []
     for name, entry in param_map(cfg).items():
@@ -302,13 +307,19 @@ def save_pretrained(
 
     def produce(name):
         _, _, store, entry, var = by_name[name]
-        host = np.asarray(jax.device_get(var[...]))
-        return _to_hf(host, entry).astype(store)
+        value = var[...]
+        if not value.is_fully_addressable:  # a collective: every process gets here in order
+            value = multihost_utils.process_allgather(value, tiled=True)
+        return _to_hf(np.asarray(jax.device_get(value)), entry).astype(store)
 
-    written = []
+    written = [path / fname for fname in names]
+    if not writer:
+        for e in entries:
+            produce(e[0])  # take part in the gathers; process 0 writes
+        multihost_utils.sync_global_devices(f"save_pretrained {path}")
+        return written
     for fname, shard in zip(names, shards, strict=True):
         safetensors_io.write_file(path / fname, [(e[0], e[1], e[2]) for e in shard], produce)
-        written.append(path / fname)
     if len(shards) > 1:
         index = {
             "metadata": {"total_size": sum(math.prod(e[1]) * e[2].itemsize for e in entries)},
@@ -324,6 +335,8 @@ def save_pretrained(
             old.unlink()
     stored = np.dtype(dtype or entries[0][2])
     _write_json(path / "config.json", config_lib.to_hf_dict(cfg, dtype=_torch_dtype(stored)))
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"save_pretrained {path}")
     return written
 
 

@@ -1,0 +1,59 @@
+"""Two real processes x 4 CPU devices: save_pretrained gathers parameters spread over hosts
+and only process 0 writes; load_pretrained places tensors into a multi-process mesh."""
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from multihost_worker import batch_arrays, tiny
+
+from dreamr_jax.models import hf, safetensors_io
+from dreamr_jax.models.qwen3_vl import Qwen3VL
+from dreamr_jax.models.sharding import init_sharded, make_mesh
+
+WORKER = Path(__file__).with_name("multihost_worker.py")
+ATOL = 1e-6  # same seeded init, jitted in one process or two
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_save_and_load_like_one(tmp_path):
+    port = str(_free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(i), port, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, log[-3000:]
+
+    cfg = tiny()
+    ref = init_sharded(lambda: Qwen3VL(cfg, rngs=nnx.Rngs(0)), make_mesh((2, 2, 2)))
+    hf.save_pretrained(ref, cfg, tmp_path / "ref")
+    got = safetensors_io.SafetensorsFile(tmp_path / "saved" / "model.safetensors")
+    want = safetensors_io.SafetensorsFile(tmp_path / "ref" / "model.safetensors")
+    assert got.keys() == want.keys()
+    for name in want.keys():
+        np.testing.assert_allclose(got.get(name), want.get(name), rtol=0, atol=ATOL, err_msg=name)
+    assert not list((tmp_path / "saved").glob("*.tmp")), "no temporary file may be left"
+
+    loaded, _ = hf.load_pretrained(tmp_path / "saved", dtype=jnp.float32)
+    ids, pos, mask = batch_arrays(cfg)
+    one = jax.jit(lambda m: m.forward(ids, pos, mask).logits)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "logits.npy"), np.asarray(one(loaded)), rtol=0, atol=1e-5
+    )
