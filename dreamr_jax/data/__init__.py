@@ -1,0 +1,1 @@
+"""Datasets, graders and step segmentation for reasoning chains."""

@@ -1,0 +1,328 @@
+"""Answer extraction and grading on awkward real-world answer formats."""
+
+import pytest
+
+from dreamr_jax.data.grading import (
+    ANSWER_TYPES,
+    extract_answer,
+    grade,
+    match_choice,
+    match_number,
+    normalize_text,
+    parse_number,
+)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (r"The area is \boxed{12}.", "12"),
+        (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}"),
+        (r"\boxed{\dfrac{\sqrt{3}}{2}}", r"\dfrac{\sqrt{3}}{2}"),
+        (r"first \boxed{3}, wait, redo: \boxed{4}", "4"),  # last boxed wins
+        (r"\boxed{3} ... Answer: 5", "3"),  # boxed beats a later cue
+        (r"$\boxed{x^{2}+1}$", "x^{2}+1"),
+        (r"\boxed {7}", "7"),
+        (r"\fbox{B}", "B"),
+        (r"\boxed{5} and an unbalanced \boxed{6", "5"),
+        (r"\boxed{} then Answer: 9", "9"),  # an empty box is no answer
+        ("Step 1: read the bars.\n\nAnswer: 12 cm", "12 cm"),
+        ("Answer: 12 cm.", "12 cm"),
+        ("answer: (B)", "(B)"),
+        ("So the answer is 42.", "42"),
+        ("The ANSWER IS -3.5.", "-3.5"),
+        ("The final answer is: **B**.", "B"),
+        ("**Final Answer:** 7", "7"),
+        ("**Answer**: $\\frac{3}{4}$", "\\frac{3}{4}"),
+        ("Answer: 5\nlater: the answer is 6", "6"),  # the last cue wins
+        ("Answer: (B) 12 cm. Because the bars add up.", "(B) 12 cm"),
+        ("Answer:\n  8", "8"),
+        ("The answer is 3.14 exactly", "3.14 exactly"),
+    ],
+)
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "no cue here, just 12", r"\boxed{unbalanced", "To answer this we add.", "Answer: **."],
+)
+def test_extract_answer_none(text):
+    assert extract_answer(text) is None
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("  Red  Triangle ", "red triangle"),
+        ("The red triangle.", "red triangle"),
+        ('"an apple"', "apple"),
+        ("\u201cBlue\u201d", "blue"),  # curly quotes
+        ("\u2018yes\u2019!", "yes"),
+        ("\u22123", "-3"),  # unicode minus is kept as a sign
+        ("(Paris)", "paris"),
+        ("\\text{Blue}", "blue"),
+        ("**bold**", "bold"),
+        ("A", "a"),  # only an article: keep it rather than return ""
+        ("line\n\tbreak", "line break"),
+        ("Theatre", "theatre"),  # "the" inside a word is not an article
+    ],
+)
+def test_normalize_text(raw, expected):
+    assert normalize_text(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("42", 42.0),
+        ("-3", -3.0),
+        ("\u22123", -3.0),
+        ("+2", 2.0),
+        ("- 3", -3.0),
+        ("(-3)", -3.0),
+        ("1,234.5", 1234.5),
+        ("1,234,567", 1234567.0),
+        ("1{,}234", 1234.0),
+        ("1\\,234", 1234.0),
+        (".5", 0.5),
+        ("3.", 3.0),
+        ("3/4", 0.75),
+        ("-3/4", -0.75),
+        ("\\frac{3}{4}", 0.75),
+        ("\\dfrac{1}{2}", 0.5),
+        ("\\tfrac12", 0.5),
+        ("-\\frac{3}{4}", -0.75),
+        ("\\frac{-3}{4}", -0.75),
+        ("$\\frac{1}{2}$", 0.5),
+        ("50%", 0.5),
+        ("12.5\\%", 0.125),
+        ("50 percent", 0.5),
+        ("$12", 12.0),
+        ("\\$12.50", 12.5),
+        ("\u20ac7", 7.0),
+        ("12 cm", 12.0),
+        ("12cm", 12.0),
+        ("12 \\text{cm}", 12.0),
+        ("12\\text{ cm}^2", 12.0),
+        ("12 cm^2", 12.0),
+        ("12 cm\u00b2", 12.0),
+        ("5 square units", 5.0),
+        ("60 km/h", 60.0),
+        ("9.8 m/s^2", 9.8),
+        ("7 dollars", 7.0),
+        ("30^\\circ", 30.0),
+        ("30^{\\circ}", 30.0),
+        ("30\u00b0", 30.0),
+        ("30 degrees", 30.0),
+        ("1e3", 1000.0),
+        ("1.5E-3", 0.0015),
+        ("1.2 \\times 10^{3}", 1200.0),
+        ("x = 5", 5.0),
+        ("AB \\approx 3.2", 3.2),
+        ("approximately 3.14", 3.14),
+        ("12.", 12.0),
+    ],
+)
+def test_parse_number(raw, expected):
+    assert parse_number(raw) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "abc",
+        "2\\sqrt{3}",
+        "\\sqrt{2}",
+        "3\\pi",
+        "2x",
+        "3n",
+        "3 and 4",
+        "3, 4",
+        "1,2",  # not a thousands separator: refuse rather than guess 1.2 or 12
+        "1.2.3",
+        "1/0",
+        "1e999",
+        "inf",
+        "nan",
+        "12 m 5 cm",
+        "50%%",
+        "BC",
+        "\\frac{\\sqrt{3}}{2}",
+    ],
+)
+def test_parse_number_rejects(raw):
+    assert parse_number(raw) is None
+
+
+@pytest.mark.parametrize(
+    "pred, gold, expected",
+    [
+        ("12", "12", True),
+        ("12.0", "12", True),
+        ("12 cm", "12", True),
+        ("$1,200", "1200", True),
+        ("\\frac{1}{2}", "0.5", True),
+        ("0.5", "1/2", True),
+        ("50%", "0.5", True),
+        ("50%", "50", True),
+        ("0.5", "50%", True),
+        ("50", "50%", True),
+        ("3.14159", "3.1416", True),  # within rel_tol 1e-4
+        ("\u22123", "-3", True),
+        ("30\u00b0", "30", True),
+        ("1e3", "1000", True),
+        ("12", "1.2", False),
+        ("-3", "3", False),
+        ("3", "-3", False),
+        ("0.5", "5%", False),
+        ("5%", "0.5", False),
+        ("0.33", "1/3", False),
+        ("2\\sqrt{3}", "3.4641", False),  # symbolic: not evaluated
+        ("2x", "2", False),
+        ("3 and 4", "3", False),
+        ("", "3", False),
+        ("twelve", "12", False),
+    ],
+)
+def test_match_number(pred, gold, expected):
+    assert match_number(pred, gold) is expected
+
+
+def test_match_number_tolerances():
+    assert not match_number("1.001", "1")
+    assert match_number("1.001", "1", rel_tol=1e-2)
+    assert match_number("0.0000001", "0")  # abs_tol covers a zero gold
+    assert not match_number("0.0000001", "0", abs_tol=0.0)
+
+
+def test_match_number_bad_gold():
+    with pytest.raises(ValueError, match="not a number"):
+        match_number("3", "three")
+
+
+CHOICES = ["10 cm", "12 cm", "The red triangle", "15"]
+
+
+@pytest.mark.parametrize(
+    "pred, gold, expected",
+    [
+        ("B", "B", True),
+        ("b", "B", True),
+        ("(B)", "B", True),
+        ("[B]", "B", True),
+        ("B.", "B", True),
+        ("B)", "B", True),
+        ("B:", "B", True),
+        ("Option B", "B", True),
+        ("option (b)", "B", True),
+        ("Choice B", "B", True),
+        ("the answer is B", "B", True),
+        ("The correct answer is (B).", "B", True),
+        ("The answer is option B", "B", True),
+        ("Answer: B", "B", True),
+        ("(B) 12 cm", "B", True),
+        ("B. 12 cm", "B", True),
+        ("**B**", "B", True),
+        ("\\text{B}", "B", True),
+        ("I pick (B)", "B", True),
+        ("B", "(B)", True),  # gold written with brackets
+        ("B", "b", True),
+        ("C", "B", False),
+        ("(C)", "B", False),
+        ("BC", "B", False),
+        ("A and B", "B", False),
+        ("B or C", "B", False),
+        ("A, B", "B", False),
+        ("(A) or (B)", "B", False),
+        ("B/C", "B", False),
+        ("both (B) and (D)", "B", False),
+        ("", "B", False),
+        ("Banana", "B", False),
+    ],
+)
+def test_match_choice_letters(pred, gold, expected):
+    assert match_choice(pred, gold, None) is expected
+
+
+@pytest.mark.parametrize(
+    "pred, gold, expected",
+    [
+        ("12 cm", "B", True),
+        ("12 CM.", "B", True),
+        ("12", "B", True),  # numeric equality with exactly one option
+        ("red triangle", "C", True),
+        ("the red triangle", "C", True),
+        ("15", "D", True),
+        ("15.0", "D", True),
+        ("10 cm", "B", False),
+        ("11 cm", "B", False),
+        ("red", "C", False),  # partial text is not the option
+        ("B. 12 cm", "B", True),
+        ("A. 10 cm", "B", False),
+        ("(B) 10 cm", "B", True),  # a letter followed by text: the letter decides
+    ],
+)
+def test_match_choice_option_text(pred, gold, expected):
+    assert match_choice(pred, gold, CHOICES) is expected
+
+
+def test_match_choice_option_text_needs_a_unique_option():
+    assert not match_choice("12", "A", ["12", "12.0", "13"])
+    assert not match_choice("12", "A", None)  # no options: a bare number names no letter
+
+
+@pytest.mark.parametrize("gold", ["AB", "", "1", "option B"])
+def test_match_choice_bad_gold(gold):
+    with pytest.raises(ValueError, match="one letter"):
+        match_choice("A", gold, None)
+
+
+def test_match_choice_gold_past_choices():
+    with pytest.raises(ValueError, match="past the 2 choices"):
+        match_choice("C", "C", ["x", "y"])
+
+
+@pytest.mark.parametrize(
+    "pred_text, gold, answer_type, expected",
+    [
+        ("Step 1: 3 + 4 = 7.\n\nStep 2: double it.\n\nAnswer: 14", "14", "number", True),
+        ("Step 1: 3 + 4 = 7.\n\nAnswer: 7", "14", "number", False),
+        ("The total is 12 + 3 = \\boxed{15}.", "15", "number", True),
+        ("We get \\boxed{\\frac{3}{4}}", "0.75", "number", True),
+        ("\\boxed{3} was wrong; \\boxed{4}", "4", "number", True),
+        ("\\boxed{3} was wrong; \\boxed{4}", "3", "number", False),
+        ("12", "12", "number", True),  # a bare short answer is graded whole
+        ("So the answer is 50%.", "0.5", "number", True),
+        ("The answer is \u22122.", "-2", "number", True),
+        ("The answer is 2.", "-2", "number", False),
+        ("Looking at the chart, the answer is (B).", "B", "choice", True),
+        ("Looking at the chart, the answer is (C).", "B", "choice", False),
+        ("\\boxed{B}", "B", "choice", True),
+        ("Answer: A and B", "B", "choice", False),
+        ("B", "B", "choice", True),
+        ("Answer: The Red Triangle.", "red triangle", "text", True),
+        ("Answer: blue", "red", "text", False),
+        ("\\boxed{\\text{Paris}}", "paris", "text", True),
+        ("Yes", "yes", "text", True),
+        ("", "7", "number", False),
+        ("step " * 40 + "7", "7", "number", False),  # long chain with no cue: no guess
+    ],
+)
+def test_grade(pred_text, gold, answer_type, expected):
+    assert grade(pred_text, gold, answer_type=answer_type) is expected
+
+
+def test_grade_choice_uses_option_text():
+    chain = "The longest bar is 12 cm.\n\nAnswer: 12 cm"
+    assert grade(chain, "B", answer_type="choice", choices=CHOICES)
+    assert not grade(chain, "A", answer_type="choice", choices=CHOICES)
+
+
+def test_grade_unknown_type():
+    with pytest.raises(ValueError, match="unknown answer_type 'numeric'") as err:
+        grade("12", "12", answer_type="numeric")
+    for name in ANSWER_TYPES:
+        assert name in str(err.value)
