@@ -1,0 +1,296 @@
+"""grain pipelines turning reasoning examples into static-shape SFT / evaluation batches.
+
+``make_dataset`` reads any random-access source of `synthetic.to_record`-shaped records
+(`synthetic_tfds.load`, or a list) and yields dicts of NumPy arrays whose shapes depend on
+the config only:
+
+* ``input_ids``, ``attention_mask``, ``loss_mask``: int32 ``[b, t]`` (``t = seq_len``).
+  Rows are RIGHT-padded: training needs no generation slot at the end, and right padding
+  keeps a prompt's tokens at the same columns whatever its answer length. (Generation uses
+  left padding instead: `inference.generate.make_batch`.)
+* ``positions``: int32 ``[3, b, t]`` M-RoPE ids from `models.positions.rope_index`; padding
+  columns hold 1, as the reference does.
+* ``pixel_values``: float32 ``[p, patch_dim]`` (``p = num_patches``), the batch's images
+  concatenated in row order, zero rows after ``num_valid_patches``; ``patch_mask`` int32
+  ``[p]`` is 1 on real patches. Give the model ``pixel_values[:num_valid_patches]`` (or pass
+  ``pad_to=p`` to `models.vision.vision_inputs`).
+* ``image_grid_thw``: int32 ``[b, 3]`` (every example has exactly one image).
+* ``num_valid_patches``: int32 ``[]``; ``id``: str ``[b]`` example ids (host-side only: drop
+  it before `jax.device_put`).
+
+Order of operations (grain 0.2.18): ``source -> [shard_index::shard_count] -> shuffle ->
+repeat -> map(tokenise) -> batch -> to_iter_dataset -> [mp_prefetch]``. Slicing before
+shuffling makes host shards disjoint and together cover the source; ``repeat`` reseeds the
+shuffle each epoch. Batching by index (before ``to_iter_dataset``) makes batches
+independent of ``worker_count``: ``mp_prefetch`` gives each worker a strided slice of what
+comes before ``to_iter_dataset``, so batching after it would batch within each worker's
+slice. With ``skip_overlong`` the order is ``map -> filter -> to_iter_dataset -> batch``
+instead (a dropped example must not leave a hole), and batches then depend on
+``worker_count``. The iterator's ``get_state()`` is a
+small JSON-serialisable dict (`state_to_bytes` / `state_from_bytes`) to store with the
+training checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import types
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+from absl import logging
+
+from dreamr_jax.data.steps import StepConfig, join_steps
+from dreamr_jax.data.synthetic_tfds import as_record
+from dreamr_jax.models.positions import rope_index
+from dreamr_jax.processing.image import ImageProcessorConfig, preprocess_images
+from dreamr_jax.processing.prompt import DEFAULT_IMAGE_TOKEN, build_prompt
+
+_VISION_START = "<|vision_start|>"
+_END_OF_TURN = "<|im_end|>"
+
+
+class ExampleTooLong(ValueError):
+    """An example needs more tokens (or patches) than the batch's static shape holds."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """How examples become batches.
+
+    Attributes:
+      batch_size: rows per batch b (per host, after sharding).
+      seq_len: static token length t of every row; longer examples raise `ExampleTooLong`
+        (or are dropped when ``skip_overlong``).
+      num_patches: static patch count p per batch; must be a multiple of merge_size**2 and
+        hold the patches of b images.
+      shuffle: shuffle examples (with ``seed``; reshuffled each epoch).
+      seed: shuffle seed; the same seed gives the same order on every run.
+      num_epochs: passes over the data; None repeats forever (training).
+      worker_count: grain worker processes; 0 processes in the calling process.
+      drop_remainder: drop a last, smaller batch so every batch has exactly b rows (must be
+        True: shapes are static; a final partial batch is not produced).
+      skip_overlong: drop over-long examples with a logged warning instead of raising.
+      step_delimiter: text joining the reference steps in the assistant answer.
+    """
+
+    batch_size: int = 8
+    seq_len: int = 1024
+    num_patches: int = 2048
+    shuffle: bool = True
+    seed: int = 0
+    num_epochs: int | None = None
+    worker_count: int = 0
+    drop_remainder: bool = True
+    skip_overlong: bool = False
+    step_delimiter: str = "\n\n"
+
+    def validate(self) -> PipelineConfig:
+        """Returns self; raises ValueError naming the bad field."""
+        for name in ("batch_size", "seq_len", "num_patches"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r} must be an int >= 1.")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed={self.seed!r} must be an int >= 0.")
+        if self.num_epochs is not None and (
+            not isinstance(self.num_epochs, int) or self.num_epochs < 1
+        ):
+            raise ValueError(f"num_epochs={self.num_epochs!r} must be None or an int >= 1.")
+        if not isinstance(self.worker_count, int) or self.worker_count < 0:
+            raise ValueError(f"worker_count={self.worker_count!r} must be an int >= 0.")
+        if self.drop_remainder is not True:
+            raise ValueError(
+                f"drop_remainder={self.drop_remainder!r} must be True: batches have static shapes."
+            )
+        if not isinstance(self.step_delimiter, str) or not self.step_delimiter:
+            raise ValueError(f"step_delimiter={self.step_delimiter!r} must be a non-empty string.")
+        return self
+
+
+def _token_id(tokenizer, token: str) -> int:
+    tid = tokenizer.convert_tokens_to_ids(token)
+    if tid is None or tid == getattr(tokenizer, "unk_token_id", None):
+        raise ValueError(f"the tokenizer has no {token} token; is it a Qwen-VL tokenizer?")
+    return int(tid)
+
+
+class TokenizeExample(grain.transforms.Map):
+    """One record -> fixed-length token rows, M-RoPE ids and its image's patches.
+
+    The chat is ``user: [image, question]``, ``assistant: join_steps(steps)``. ``loss_mask``
+    is 1 from the first answer token through the assistant's end-of-turn token (so the model
+    learns to stop), 0 on the prompt, the newline after end-of-turn and padding.
+    """
+
+    def __init__(self, cfg: PipelineConfig, tokenizer, image_cfg: ImageProcessorConfig):
+        self.cfg, self.tokenizer, self.image_cfg = cfg, tokenizer, image_cfg
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.end_id = _token_id(tokenizer, _END_OF_TURN)
+        # rope_index reads only these fields of a ModelConfig; taking them from the tokenizer
+        # and image config keeps prompt and positions consistent by construction.
+        self.rope_cfg = types.SimpleNamespace(
+            vision=types.SimpleNamespace(spatial_merge_size=image_cfg.merge_size),
+            vision_start_token_id=_token_id(tokenizer, _VISION_START),
+            image_token_id=_token_id(
+                tokenizer, getattr(tokenizer, "image_token", None) or DEFAULT_IMAGE_TOKEN
+            ),
+        )
+
+    def _tokenize(self, rec: Mapping) -> tuple[list[int], int, int, np.ndarray, np.ndarray]:
+        pixels, grid = preprocess_images(rec["image"], self.image_cfg)
+        user = {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": rec["question"]}],
+        }
+        answer = join_steps(rec["steps"], StepConfig(delimiter=self.cfg.step_delimiter))
+        merge = self.image_cfg.merge_size
+        prompt, _ = build_prompt(self.tokenizer, [user], grid, merge_size=merge)
+        full, _ = build_prompt(
+            self.tokenizer,
+            [user, {"role": "assistant", "content": answer}],
+            grid,
+            merge_size=merge,
+            add_generation_prompt=False,
+        )
+        if full[: len(prompt)] != prompt:
+            raise ValueError(
+                f"example {rec['id']!r}: the chat template's generation prompt is not a prefix of "
+                "the rendered conversation, so answer tokens cannot be located."
+            )
+        ends = [i for i in range(len(prompt), len(full)) if full[i] == self.end_id]
+        if not ends:
+            raise ValueError(f"example {rec['id']!r}: no {_END_OF_TURN} after the answer.")
+        return full, len(prompt), ends[0] + 1, pixels, grid
+
+    def map(self, record: Mapping) -> dict[str, Any] | None:
+        rec = as_record(record)
+        ids, start, stop, pixels, grid = self._tokenize(rec)
+        t = self.cfg.seq_len
+        problem = None
+        if len(ids) > t:
+            problem = f"example {rec['id']!r} has {len(ids)} tokens, more than seq_len={t}"
+        elif len(pixels) > self.cfg.num_patches:
+            problem = (
+                f"example {rec['id']!r} has {len(pixels)} image patches, more than "
+                f"num_patches={self.cfg.num_patches}"
+            )
+        if problem:
+            if self.cfg.skip_overlong:
+                logging.warning("Skipping %s.", problem)
+                return None
+            raise ExampleTooLong(f"{problem}; raise the limit or set skip_overlong=True.")
+        n = len(ids)
+        input_ids = np.full((t,), self.pad_id, np.int32)
+        input_ids[:n] = ids
+        attention_mask = (np.arange(t) < n).astype(np.int32)
+        loss_mask = ((np.arange(t) >= start) & (np.arange(t) < stop)).astype(np.int32)
+        positions, _ = rope_index(input_ids[None], grid, attention_mask[None], self.rope_cfg)
+        return {
+            "id": rec["id"],
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "loss_mask": loss_mask,
+            "positions": positions[:, 0],
+            "pixel_values": pixels,
+            "image_grid_thw": grid[0].astype(np.int32),
+        }
+
+
+def collate(examples: Sequence[Mapping[str, Any]], num_patches: int) -> dict[str, np.ndarray]:
+    """Stacks tokenised examples into one batch with ``num_patches`` padded patch rows.
+
+    Raises:
+      ExampleTooLong: the batch's images hold more than ``num_patches`` patches.
+    """
+    pixels = np.concatenate([e["pixel_values"] for e in examples], axis=0)
+    n = pixels.shape[0]
+    if n > num_patches:
+        raise ExampleTooLong(
+            f"the batch of examples {[e['id'] for e in examples]} has {n} image patches, more "
+            f"than num_patches={num_patches}; raise num_patches."
+        )
+    padded = np.zeros((num_patches, pixels.shape[1]), np.float32)
+    padded[:n] = pixels
+    batch = {
+        k: np.stack([e[k] for e in examples])
+        for k in ("input_ids", "attention_mask", "loss_mask", "image_grid_thw")
+    }
+    batch["positions"] = np.stack([e["positions"] for e in examples], axis=1)
+    batch["pixel_values"] = padded
+    batch["patch_mask"] = (np.arange(num_patches) < n).astype(np.int32)
+    batch["num_valid_patches"] = np.asarray(n, np.int32)
+    batch["id"] = np.asarray([e["id"] for e in examples])
+    return batch
+
+
+def _is_kept(example) -> bool:
+    return example is not None
+
+
+def make_dataset(
+    source: Sequence,
+    cfg: PipelineConfig,
+    tokenizer,
+    image_cfg: ImageProcessorConfig,
+    *,
+    shard_index: int = 0,
+    shard_count: int = 1,
+) -> grain.IterDataset:
+    """The batch pipeline over this host's shard of ``source`` (see the module docstring).
+
+    Args:
+      source: random-access records (``len``, ``[i]``) in `synthetic.to_record`'s shape.
+      cfg: batching settings.
+      tokenizer: the checkpoint's tokenizer (with chat template; `prompt.load_tokenizer`).
+      image_cfg: the checkpoint's image processor settings.
+      shard_index, shard_count: this host reads records ``shard_index::shard_count``.
+
+    Returns:
+      A `grain.IterDataset`; ``iter(ds)`` is a checkpointable iterator of batches.
+    """
+    cfg.validate()
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index={shard_index} must be in [0, shard_count={shard_count}).")
+    unit = image_cfg.merge_size**2
+    if cfg.num_patches % unit:
+        raise ValueError(
+            f"num_patches={cfg.num_patches} must be a multiple of merge_size**2={unit}."
+        )
+    ds = grain.MapDataset.source(source)[shard_index::shard_count]
+    if len(ds) < cfg.batch_size:
+        raise ValueError(
+            f"shard {shard_index}/{shard_count} has {len(ds)} examples, fewer than "
+            f"batch_size={cfg.batch_size}: no full batch can be made."
+        )
+    if cfg.shuffle:
+        ds = ds.shuffle(seed=cfg.seed)
+    ds = ds.repeat(cfg.num_epochs).map(TokenizeExample(cfg, tokenizer, image_cfg))
+    batch_fn = functools.partial(collate, num_patches=cfg.num_patches)
+    if cfg.skip_overlong:
+        # Dropped examples would leave holes in index-based batches: batch after filtering.
+        # Then each worker batches its own slice, so batches depend on worker_count.
+        it = ds.filter(_is_kept).to_iter_dataset()
+        it = it.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder, batch_fn=batch_fn)
+    else:
+        # Batching by index keeps every batch the same whatever worker_count is: workers
+        # take whole batches (mp_prefetch slices the dataset right before to_iter_dataset).
+        ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder, batch_fn=batch_fn)
+        it = ds.to_iter_dataset()
+    if cfg.worker_count > 0:
+        it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(cfg.worker_count))
+    return it
+
+
+def state_to_bytes(iterator) -> bytes:
+    """The iterator's position as JSON bytes, to store beside a training checkpoint."""
+    return json.dumps(iterator.get_state(), sort_keys=True).encode()
+
+
+def state_from_bytes(iterator, state: bytes) -> None:
+    """Moves a fresh iterator of the same pipeline to a position from `state_to_bytes`."""
+    iterator.set_state(json.loads(state.decode()))
