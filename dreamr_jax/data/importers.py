@@ -1,0 +1,373 @@
+"""Readers for real evaluation benchmarks stored locally in their published layouts.
+
+Each reader turns one benchmark into `Record`s, the schema the rest of the data code
+consumes. Nothing is downloaded: the user points the reader at a local copy.
+
+- `read_mmbench`: MMBench's TSV (``MMBench_DEV_EN.tsv`` ...), base64 images inline.
+- `read_mathverse`: MathVerse's ``testmini.json`` plus its ``images/`` directory.
+
+Bad input never turns into a silent wrong label. A missing file, a row with no answer,
+an answer letter that names no option, an unknown question type or an image PIL cannot
+decode raises `DatasetFormatError` naming the file and the row; with ``on_error="skip"``
+the row is logged, skipped and counted in ``stats["skipped"]`` instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import dataclasses
+import io
+import json
+import logging
+import re
+import string
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
+
+from PIL import Image
+
+from dreamr_jax.data import grading
+
+logger = logging.getLogger(__name__)
+
+ON_ERROR = ("raise", "skip")
+_MISSING = ("", "nan", "none", "null")
+# VLMEvalKit-style TSVs store an image once and refer to it from later rows by index;
+# a cell this short cannot be an encoded image.
+_IMAGE_REF_MAX_CHARS = 64
+_CHOICES_HEAD_RE = re.compile(r"^\s*choices?\s*[:：]\s*$", re.IGNORECASE | re.MULTILINE)
+_CHOICE_LINE_RE = re.compile(r"^\s*\(?([A-Z])\)?\s*[:.：)]\s*(.*?)\s*$")
+
+
+class DatasetFormatError(ValueError):
+    """A benchmark file that does not follow its published layout.
+
+    Attributes:
+      file: the offending file (or directory).
+      row: the row's id in the file (MMBench ``index``, MathVerse ``sample_index``), or
+        None for a problem with the file as a whole.
+    """
+
+    def __init__(self, file: str | Path, row: str | None, problem: str):
+        self.file, self.row, self.problem = str(file), row, problem
+        where = f"{self.file}" if row is None else f"{self.file}, row {row}"
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One normalised benchmark example.
+
+    Attributes:
+      id: unique id, ``"<source>:<row id>"``.
+      images: encoded image files (PNG/JPEG bytes as stored), in prompt order.
+      question: the question text, with any hint prepended and without the options.
+      choices: option texts in letter order (A, B, ...); () when the question has none
+        in text (free-form, or options drawn inside the image).
+      answer: the gold answer; for ``answer_type == "choice"`` the option letter.
+      answer_type: one of `grading.ANSWER_TYPES`.
+      steps: reference reasoning steps; () when the benchmark has none.
+      source: the benchmark the record came from ("mmbench", "mathverse").
+    """
+
+    id: str
+    images: tuple[bytes, ...]
+    question: str
+    choices: tuple[str, ...]
+    answer: str
+    answer_type: str
+    steps: tuple[str, ...]
+    source: str
+
+
+class _RowError(Exception):
+    """A problem with one row; turned into a DatasetFormatError or a counted skip."""
+
+
+def _is_missing(cell: str | None) -> bool:
+    return cell is None or cell.strip().lower() in _MISSING
+
+
+def _check_on_error(on_error: str) -> None:
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+
+
+def _handle(
+    err: _RowError, file: Path, row: str, on_error: str, stats: MutableMapping | None
+) -> None:
+    """Raises the row's error, or logs and counts it as skipped."""
+    if on_error == "raise":
+        raise DatasetFormatError(file, row, str(err)) from err
+    logger.warning("skipping %s, row %s: %s", file, row, err)
+    if stats is not None:
+        stats["skipped"] = stats.get("skipped", 0) + 1
+
+
+def _verified_image(data: bytes) -> bytes:
+    """Returns `data` unchanged after checking PIL can fully decode it."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()  # decodes every pixel: catches truncated files that verify() misses
+    except Exception as e:  # PIL raises many types for corrupt data
+        raise _RowError(f"image does not decode ({type(e).__name__}: {e})") from e
+    return data
+
+
+def _letter_answer(answer: str, choices: tuple[str, ...]) -> str:
+    """The gold option letter, checked against `choices` (any letter when choices=())."""
+    letter = answer.strip().upper()
+    if len(letter) != 1 or letter not in string.ascii_uppercase:
+        # Some copies store the option text instead of its letter: map it only when it
+        # names exactly one option.
+        norm = grading.normalize_text(answer)
+        hits = [i for i, c in enumerate(choices) if grading.normalize_text(c) == norm]
+        if len(hits) != 1:
+            raise _RowError(f"answer {answer!r} is not an option letter or option text")
+        return string.ascii_uppercase[hits[0]]
+    if choices and letter not in string.ascii_uppercase[: len(choices)]:
+        raise _RowError(f"answer {letter!r} is not among the options {_letters(choices)}")
+    return letter
+
+
+def _letters(choices: tuple[str, ...]) -> str:
+    return ",".join(string.ascii_uppercase[: len(choices)])
+
+
+# --- MMBench -----------------------------------------------------------------------------
+
+
+def _find_file(path: Path, pattern: str, what: str) -> Path:
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise DatasetFormatError(path, None, f"no such {what} file or directory")
+    found = sorted(path.glob(pattern))
+    if len(found) != 1:
+        raise DatasetFormatError(path, None, f"expected exactly one {pattern}, found {found}")
+    return found[0]
+
+
+def _read_tsv(file: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of a pandas-written TSV whose cells hold megabytes of base64."""
+    old_limit = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)  # process-global, so restored below
+    try:
+        with file.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter="\t")
+            return list(reader.fieldnames or []), list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DatasetFormatError(file, None, f"not a readable TSV: {e}") from e
+    finally:
+        csv.field_size_limit(old_limit)
+
+
+def _mmbench_choices(row: dict[str, str], option_cols: list[str]) -> tuple[str, ...]:
+    present = [not _is_missing(row.get(c)) for c in option_cols]
+    n = sum(present)
+    if n < 2:
+        raise _RowError(f"{n} non-empty options; need at least 2")
+    if not all(present[:n]):  # a gap (A, B, D) would shift every later letter
+        raise _RowError(f"options are not contiguous from A: {present}")
+    return tuple(row[c].strip() for c in option_cols[:n])
+
+
+def _mmbench_record(row: dict, option_cols: list[str], images: dict[str, str]) -> Record:
+    index = row["index"].strip()
+    if _is_missing(row.get("question")):
+        raise _RowError("empty question")
+    if _is_missing(row.get("answer")):
+        raise _RowError("no answer")
+    choices = _mmbench_choices(row, option_cols)
+    answer = _letter_answer(row["answer"], choices)
+    cell = (row.get("image") or "").strip()
+    if len(cell) <= _IMAGE_REF_MAX_CHARS:
+        cell = images.get(cell, "")
+        if len(cell) <= _IMAGE_REF_MAX_CHARS:
+            raise _RowError(f"image cell {row.get('image')!r} is neither base64 nor a row index")
+    try:
+        data = base64.b64decode(cell, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise _RowError(f"image is not valid base64 ({e})") from e
+    question = row["question"].strip()
+    if not _is_missing(row.get("hint")):
+        question = f"{row['hint'].strip()}\n{question}"
+    return Record(
+        id=f"mmbench:{index}",
+        images=(_verified_image(data),),
+        question=question,
+        choices=choices,
+        answer=answer,
+        answer_type="choice",
+        steps=(),
+        source="mmbench",
+    )
+
+
+def read_mmbench(
+    path: str | Path, *, on_error: str = "raise", stats: MutableMapping | None = None
+) -> Iterator[Record]:
+    """Reads MMBench's published TSV (``MMBench_DEV_EN.tsv`` and its siblings).
+
+    Columns used: ``index, question, hint, A, B, C, D[, E...], answer, image``; other
+    columns (category, split, ...) are ignored and ``hint`` may be absent. Empty or "nan"
+    option cells end the option list; the answer letter must name a present option.
+    ``image`` holds base64 image bytes, or (VLMEvalKit style) the index of a row that does.
+
+    Args:
+      path: the TSV file, or a directory holding exactly one ``*.tsv``.
+      on_error: "raise" a `DatasetFormatError` on a bad row, or "skip" it.
+      stats: when given, ``stats["skipped"]`` is incremented for every skipped row.
+
+    Returns:
+      an iterator of one `Record` per good row, in file order (``answer_type`` "choice").
+      The file and header are checked on call; rows as they are iterated.
+
+    Raises:
+      DatasetFormatError: missing file, missing columns, or (with on_error="raise") a bad
+        row; the message names the file and the row's ``index``.
+    """
+    _check_on_error(on_error)
+    file = _find_file(Path(path), "*.tsv", "MMBench TSV")
+    header, rows = _read_tsv(file)
+    missing = [c for c in ("index", "question", "answer", "image", "A", "B") if c not in header]
+    if missing:
+        raise DatasetFormatError(file, "header", f"missing columns {missing}")
+    option_cols = []
+    for letter in string.ascii_uppercase:  # A, B, ... as long as the columns run
+        if letter not in header:
+            break
+        option_cols.append(letter)
+    return _iter_mmbench(file, rows, option_cols, on_error, stats)
+
+
+def _iter_mmbench(
+    file: Path, rows: list[dict], option_cols: list[str], on_error: str, stats
+) -> Iterator[Record]:
+    images = {(r.get("index") or "").strip(): (r.get("image") or "").strip() for r in rows}
+    for n, row in enumerate(rows):
+        row_id = (row.get("index") or "").strip() or f"#{n + 1}"
+        try:
+            yield _mmbench_record(row, option_cols, images)
+        except _RowError as e:
+            _handle(e, file, row_id, on_error, stats)
+
+
+# --- MathVerse ---------------------------------------------------------------------------
+
+
+def _split_choices(text: str) -> tuple[str, tuple[str, ...]]:
+    """Splits "stem\\nChoices:\\nA:x\\nB.y" into the stem and ("x", "y").
+
+    Returns (text, ()) when there is no "Choices:" line (the options may be drawn in the
+    image, as in MathVerse's vision-only versions).
+    """
+    head = _CHOICES_HEAD_RE.search(text)
+    if head is None:
+        return text.strip(), ()
+    choices: list[str] = []
+    for line in text[head.end() :].splitlines():
+        match = _CHOICE_LINE_RE.match(line)
+        if match and match[1] == string.ascii_uppercase[len(choices)]:
+            choices.append(match[2])
+        elif line.strip() and choices:  # an option that wraps onto a second line
+            choices[-1] = f"{choices[-1]}\n{line.strip()}"
+        elif line.strip():
+            raise _RowError(f"cannot parse option line {line!r}")
+    if len(choices) < 2:
+        raise _RowError(f"'Choices:' block has {len(choices)} parsable options; need >= 2")
+    return text[: head.start()].strip(), tuple(choices)
+
+
+def _mathverse_image(root: Path, name: str) -> bytes:
+    images_dir = (root / "images").resolve()
+    for candidate in (images_dir / name, root / name):
+        candidate = candidate.resolve()
+        # `name` comes from the file: keep it inside the dataset directory.
+        if not candidate.is_relative_to(root.resolve()):
+            raise _RowError(f"image path {name!r} leaves the dataset directory")
+        if candidate.is_file():
+            return _verified_image(candidate.read_bytes())
+    raise _RowError(f"image {name!r} not found under {images_dir}")
+
+
+def _mathverse_record(root: Path, item: dict) -> Record:
+    if not isinstance(item, dict):
+        raise _RowError(f"entry is a {type(item).__name__}, not an object")
+    answer = str(item.get("answer") or "").strip()
+    if _is_missing(answer):
+        raise _RowError("no answer")
+    qtype = item.get("question_type")
+    stem, choices = _split_choices(str(item.get("question") or ""))
+    if not stem:  # vision-only versions put the whole question in the image
+        stem = str(item.get("query_wo") or "").strip()
+    if not stem:
+        raise _RowError("empty question and query_wo")
+    if qtype == "multi-choice":
+        answer, answer_type = _letter_answer(answer, choices), "choice"
+    elif qtype == "free-form":
+        choices = ()
+        answer_type = "number" if grading.parse_number(answer) is not None else "text"
+    else:
+        raise _RowError(f"unknown question_type {qtype!r}; expected multi-choice/free-form")
+    name = str(item.get("image") or "").strip()
+    images = (_mathverse_image(root, name),) if name else ()
+    return Record(
+        id=f"mathverse:{item.get('sample_index')}",
+        images=images,
+        question=stem,
+        choices=choices,
+        answer=answer,
+        answer_type=answer_type,
+        steps=(),
+        source="mathverse",
+    )
+
+
+def read_mathverse(
+    path: str | Path, *, on_error: str = "raise", stats: MutableMapping | None = None
+) -> Iterator[Record]:
+    """Reads MathVerse's published ``testmini.json`` and its ``images/`` directory.
+
+    Multi-choice questions carry their options after a "Choices:" line ("A:x" or "A. x");
+    they become `Record.choices` and the question keeps only the stem. Free-form answers
+    are "number" when `grading.parse_number` reads them, else "text".
+
+    Args:
+      path: the directory holding ``testmini.json`` and ``images/``, or the JSON file.
+      on_error: "raise" a `DatasetFormatError` on a bad entry, or "skip" it.
+      stats: when given, ``stats["skipped"]`` is incremented for every skipped entry.
+
+    Returns:
+      an iterator of one `Record` per good entry, in file order. The file is checked on
+      call; entries as they are iterated.
+
+    Raises:
+      DatasetFormatError: missing or unparsable file, or (with on_error="raise") a bad
+        entry; the message names the file and the entry's ``sample_index``.
+    """
+    _check_on_error(on_error)
+    path = Path(path)
+    file = path if path.is_file() else path / "testmini.json"
+    if not file.is_file():
+        raise DatasetFormatError(file, None, "no such MathVerse file")
+    try:
+        items = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetFormatError(file, None, f"not valid JSON: {e}") from e
+    if not isinstance(items, list):
+        raise DatasetFormatError(file, None, f"expected a JSON list, got {type(items).__name__}")
+    return _iter_mathverse(file, items, on_error, stats)
+
+
+def _iter_mathverse(file: Path, items: list, on_error: str, stats) -> Iterator[Record]:
+    for n, item in enumerate(items):
+        row_id = f"#{n + 1}"
+        if isinstance(item, dict) and item.get("sample_index") is not None:
+            row_id = str(item["sample_index"])
+        try:
+            yield _mathverse_record(file.parent, item)
+        except _RowError as e:
+            _handle(e, file, row_id, on_error, stats)
