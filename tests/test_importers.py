@@ -8,6 +8,8 @@ import io
 import json
 import random
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -17,6 +19,8 @@ from dreamr_jax.data.importers import (
     Record,
     read_mathverse,
     read_mmbench,
+    read_mmmu,
+    read_realworldqa,
 )
 
 MMBENCH_COLS = [
@@ -300,3 +304,265 @@ def test_mathverse_bad_files(tmp_path):
     (tmp_path / "testmini.json").write_text('{"a": 1}', "utf-8")
     with pytest.raises(DatasetFormatError, match="expected a JSON list"):
         read_mathverse(tmp_path)
+
+
+# --- Parquet helpers ---------------------------------------------------------------------
+
+_IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def _img(data: bytes | None, name: str = "x.png") -> dict | None:
+    return None if data is None else {"bytes": data, "path": name}
+
+
+def _write_parquet(file, rows: list[dict], schema: pa.Schema):
+    file.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), file)
+    return file
+
+
+# --- RealWorldQA -------------------------------------------------------------------------
+
+RWQA_SCHEMA = pa.schema(
+    [("image", _IMAGE_TYPE), ("question", pa.string()), ("answer", pa.string())]
+)
+_RWQA_MC = (
+    "In which direction is the front wheel of the car facing?\n\nA. Left\nB. Straight\n"
+    "C. Right\n\nPlease answer directly with only the letter of the correct option and "
+    "nothing else."
+)
+
+
+def _rwqa_row(**overrides) -> dict:
+    row = {"image": _img(_png()), "question": _RWQA_MC, "answer": "B"}
+    row.update(overrides)
+    return row
+
+
+def test_realworldqa_normalises_rows(tmp_path):
+    img1, img2 = _png("red"), _jpeg("white")
+    rows = [
+        _rwqa_row(image=_img(img1)),
+        _rwqa_row(
+            image=_img(img2, "b.jpg"),
+            question="How many cars are there?\nPlease answer directly with a single number.",
+            answer="3",
+        ),
+    ]
+    _write_parquet(tmp_path / "data" / "test-00000-of-00002.parquet", rows, RWQA_SCHEMA)
+    more = [_rwqa_row(question="Is the light red or green?", answer="Green")]
+    _write_parquet(tmp_path / "data" / "test-00001-of-00002.parquet", more, RWQA_SCHEMA)
+    records = list(read_realworldqa(tmp_path))
+    assert records[0] == Record(
+        id="realworldqa:0",
+        images=(img1,),
+        question="In which direction is the front wheel of the car facing?",
+        choices=("Left", "Straight", "Right"),
+        answer="B",
+        answer_type="choice",
+        steps=(),
+        source="realworldqa",
+    )
+    assert records[1].id == "realworldqa:1" and records[1].images == (img2,)
+    assert records[1].question == "How many cars are there?"
+    assert (records[1].choices, records[1].answer, records[1].answer_type) == ((), "3", "number")
+    # Row numbers run on across files; the second file's row is number 2.
+    assert (records[2].id, records[2].answer, records[2].answer_type) == (
+        "realworldqa:2",
+        "Green",
+        "text",
+    )
+    assert records[2].question == "Is the light red or green?"
+    # A single file works too.
+    (one,) = read_realworldqa(tmp_path / "data" / "test-00001-of-00002.parquet")
+    assert one.id == "realworldqa:0"
+
+
+@pytest.mark.parametrize(
+    "overrides, problem",
+    [
+        ({"answer": None}, "no answer"),
+        ({"answer": ""}, "no answer"),
+        ({"answer": "D"}, "not among the options"),
+        ({"image": None}, "no image"),
+        ({"image": {"bytes": None, "path": "a.png"}}, "no image bytes"),
+        ({"image": _img(b"\x89PNG\r\n\x1a\nnot a png")}, "does not decode"),
+        ({"image": _img(_noisy_png()[:2000])}, "does not decode"),  # truncated PNG
+        ({"question": "Please answer directly."}, "empty question"),
+    ],
+)
+def test_realworldqa_bad_row_names_file_and_row(tmp_path, overrides, problem):
+    file = _write_parquet(
+        tmp_path / "rwqa.parquet", [_rwqa_row(), _rwqa_row(**overrides)], RWQA_SCHEMA
+    )
+    records = read_realworldqa(file)
+    assert next(records).id == "realworldqa:0"
+    with pytest.raises(DatasetFormatError, match=problem) as info:
+        next(records)
+    assert info.value.file == str(file) and info.value.row == "1"
+    assert "rwqa.parquet, row 1" in str(info.value)
+
+    stats = {}
+    kept = list(read_realworldqa(file, on_error="skip", stats=stats))
+    assert [r.id for r in kept] == ["realworldqa:0"] and stats == {"skipped": 1}
+
+
+def test_realworldqa_bad_files(tmp_path):
+    with pytest.raises(DatasetFormatError, match="no such"):
+        read_realworldqa(tmp_path / "absent")
+    with pytest.raises(DatasetFormatError, match="no parquet files"):
+        read_realworldqa(tmp_path)
+    schema = pa.schema([("image", _IMAGE_TYPE), ("question", pa.string())])
+    file = _write_parquet(tmp_path / "data" / "test-0.parquet", [], schema)
+    with pytest.raises(DatasetFormatError, match=r"row header: missing columns \['answer'\]"):
+        read_realworldqa(tmp_path)
+    file.write_bytes(b"not parquet")
+    with pytest.raises(DatasetFormatError, match="not a readable parquet file"):
+        read_realworldqa(file)
+    with pytest.raises(ValueError, match="on_error"):
+        read_realworldqa(file, on_error="ignore")
+
+
+# --- MMMU --------------------------------------------------------------------------------
+
+MMMU_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("question", pa.string()),
+        ("options", pa.string()),
+        ("explanation", pa.string()),
+        *[(f"image_{k}", _IMAGE_TYPE) for k in range(1, 8)],
+        ("img_type", pa.string()),
+        ("answer", pa.string()),
+        ("topic_difficulty", pa.string()),
+        ("question_type", pa.string()),
+        ("subfield", pa.string()),
+    ]
+)
+
+
+def _mmmu_row(id_: str, **overrides) -> dict:
+    row = {
+        "id": id_,
+        "question": "<image 1> What is the price? ",
+        "options": "['$6', '$7', '$8']",
+        "explanation": "",
+        "image_1": _img(_png()),
+        "img_type": "['Tables']",
+        "answer": "B",
+        "topic_difficulty": "Easy",
+        "question_type": "multiple-choice",
+        "subfield": "Managerial Accounting",
+    }
+    row.update(overrides)
+    return row
+
+
+def test_mmmu_normalises_rows(tmp_path):
+    img1, img2, img3 = _png("red"), _jpeg("white"), _png("green")
+    acc = [
+        _mmmu_row("validation_Accounting_1", image_1=_img(img1)),
+        _mmmu_row(
+            "validation_Accounting_2",
+            question="Compare <image 1> and <image 2>. Which is larger?",
+            options="['<image 3>', 'neither', \"it's equal\"]",
+            image_1=_img(img1),
+            image_2=_img(img2),
+            image_3=_img(img3),
+            answer="A",
+        ),
+    ]
+    art = [
+        _mmmu_row("validation_Art_1", options="[]", answer="12.5", question_type="open"),
+        _mmmu_row("validation_Art_2", options="[]", answer="Baroque", question_type="open"),
+        _mmmu_row("validation_Art_3", question="No picture here.", image_1=None),
+    ]
+    _write_parquet(tmp_path / "Accounting" / "validation-00000-of-00001.parquet", acc, MMMU_SCHEMA)
+    _write_parquet(tmp_path / "Art" / "validation-00000-of-00001.parquet", art, MMMU_SCHEMA)
+    _write_parquet(tmp_path / "Art" / "dev-00000-of-00001.parquet", art[:1], MMMU_SCHEMA)
+    records = list(read_mmmu(tmp_path))
+    assert [r.id for r in records] == [
+        "mmmu:validation_Accounting_1",
+        "mmmu:validation_Accounting_2",
+        "mmmu:validation_Art_1",
+        "mmmu:validation_Art_2",
+        "mmmu:validation_Art_3",
+    ]
+    assert records[0] == Record(
+        id="mmmu:validation_Accounting_1",
+        images=(img1,),
+        question="<image 1> What is the price?",  # placeholders are kept
+        choices=("$6", "$7", "$8"),
+        answer="B",
+        answer_type="choice",
+        steps=(),
+        source="mmmu",
+    )
+    assert records[1].images == (img1, img2, img3)  # image_k order
+    assert records[1].choices == ("<image 3>", "neither", "it's equal")
+    assert records[1].question == "Compare <image 1> and <image 2>. Which is larger?"
+    assert (records[2].answer, records[2].answer_type, records[2].choices) == ("12.5", "number", ())
+    assert (records[3].answer, records[3].answer_type) == ("Baroque", "text")
+    assert records[4].images == ()
+    (dev,) = read_mmmu(tmp_path, split="dev")
+    assert dev.id == "mmmu:validation_Art_1"
+    single = list(read_mmmu(tmp_path / "Art" / "validation-00000-of-00001.parquet"))
+    assert len(single) == 3
+    for r in records:
+        assert grading.grade(
+            r.answer, r.answer, answer_type=r.answer_type, choices=r.choices or None
+        )
+
+
+@pytest.mark.parametrize(
+    "overrides, problem",
+    [
+        ({"answer": None}, "no answer"),
+        ({"answer": "nan"}, "no answer"),
+        ({"answer": "D"}, "not among the options"),
+        ({"answer": "$9"}, "not an option letter"),
+        ({"options": "$6, $7"}, "not a Python list literal"),
+        ({"options": "__import__('os').system('true')"}, "not a Python list literal"),
+        ({"options": "{'a': 1}"}, "not a list of strings"),
+        ({"options": "['$6']"}, "with 1 options"),
+        ({"options": "['a', 'b']", "question_type": "open"}, "open question with options"),
+        ({"question_type": "true-false"}, "unknown question_type"),
+        ({"question": "See <image 2>."}, "<image 2> refers to a missing image"),
+        ({"options": "['<image 4>', 'x']"}, "<image 4> refers to a missing image"),
+        ({"image_1": None}, "refers to a missing image"),
+        ({"image_1": None, "image_2": _img(_png())}, "no image_1"),
+        ({"image_1": _img(b"\x89PNG\r\n\x1a\nnot a png")}, "does not decode"),
+        ({"image_1": _img(_noisy_png()[:2000])}, "does not decode"),
+        ({"question": "  "}, "empty question"),
+    ],
+)
+def test_mmmu_bad_row_names_file_and_row(tmp_path, overrides, problem):
+    rows = [_mmmu_row("validation_Accounting_1"), _mmmu_row("validation_Accounting_2", **overrides)]
+    file = _write_parquet(tmp_path / "Accounting" / "validation-0.parquet", rows, MMMU_SCHEMA)
+    records = read_mmmu(tmp_path)
+    assert next(records).id == "mmmu:validation_Accounting_1"
+    with pytest.raises(DatasetFormatError, match=problem) as info:
+        next(records)
+    assert info.value.file == str(file) and info.value.row == "validation_Accounting_2"
+    assert "validation-0.parquet, row validation_Accounting_2" in str(info.value)
+
+    stats = {"skipped": 2}
+    kept = list(read_mmmu(tmp_path, on_error="skip", stats=stats))
+    assert [r.id for r in kept] == ["mmmu:validation_Accounting_1"] and stats == {"skipped": 3}
+
+
+def test_mmmu_bad_files(tmp_path):
+    with pytest.raises(DatasetFormatError, match="no such"):
+        read_mmmu(tmp_path / "absent")
+    with pytest.raises(DatasetFormatError, match="no parquet files"):
+        read_mmmu(tmp_path)
+    schema = pa.schema([(n, pa.string()) for n in ("id", "question", "options", "answer")])
+    file = _write_parquet(tmp_path / "Art" / "validation-0.parquet", [], schema)
+    with pytest.raises(DatasetFormatError, match=r"missing columns \['question_type'\]"):
+        read_mmmu(tmp_path)
+    file.write_bytes(b"PAR1 garbage")
+    with pytest.raises(DatasetFormatError, match="not a readable parquet file") as info:
+        read_mmmu(tmp_path)
+    assert info.value.file == str(file)
+    with pytest.raises(ValueError, match="on_error"):
+        read_mmmu(tmp_path, on_error="ignore")

@@ -5,6 +5,10 @@ consumes. Nothing is downloaded: the user points the reader at a local copy.
 
 - `read_mmbench`: MMBench's TSV (``MMBench_DEV_EN.tsv`` ...), base64 images inline.
 - `read_mathverse`: MathVerse's ``testmini.json`` plus its ``images/`` directory.
+- `read_realworldqa`: the Hugging Face parquet copy of RealWorldQA.
+- `read_mmmu`: MMMU's Hugging Face parquet layout (one folder per subject).
+
+The parquet readers need ``pyarrow``, imported only when they are called.
 
 Bad input never turns into a silent wrong label. A missing file, a row with no answer,
 an answer letter that names no option, an unknown question type or an image PIL cannot
@@ -14,6 +18,7 @@ the row is logged, skipped and counted in ``stats["skipped"]`` instead.
 
 from __future__ import annotations
 
+import ast
 import base64
 import binascii
 import csv
@@ -69,7 +74,8 @@ class Record:
       answer: the gold answer; for ``answer_type == "choice"`` the option letter.
       answer_type: one of `grading.ANSWER_TYPES`.
       steps: reference reasoning steps; () when the benchmark has none.
-      source: the benchmark the record came from ("mmbench", "mathverse").
+      source: the benchmark the record came from ("mmbench", "mathverse",
+        "realworldqa", "mmmu").
     """
 
     id: str
@@ -371,3 +377,280 @@ def _iter_mathverse(file: Path, items: list, on_error: str, stats) -> Iterator[R
             yield _mathverse_record(file.parent, item)
         except _RowError as e:
             _handle(e, file, row_id, on_error, stats)
+
+
+# --- Parquet (Hugging Face layouts) --------------------------------------------------------
+
+
+def _parquet_files(path: Path, patterns: tuple[str, ...], what: str) -> list[Path]:
+    """`path` itself when a file, else the files of the first glob pattern that matches."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DatasetFormatError(path, None, f"no such {what} file or directory")
+    for pattern in patterns:
+        found = sorted(p for p in path.glob(pattern) if p.is_file())
+        if found:
+            return found
+    raise DatasetFormatError(path, None, f"no parquet files matching {list(patterns)}")
+
+
+def _check_parquet(file: Path, required: tuple[str, ...]) -> list[str]:
+    """The column names of a parquet file, after checking `required` are all present."""
+    import pyarrow.parquet as pq  # optional dependency: only the parquet readers need it
+
+    try:
+        names = list(pq.read_schema(file).names)
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ...
+        raise DatasetFormatError(file, None, f"not a readable parquet file: {e}") from e
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise DatasetFormatError(file, "header", f"missing columns {missing}")
+    return names
+
+
+def _parquet_rows(file: Path) -> Iterator[dict]:
+    """The rows of a parquet file as dicts, read a batch at a time."""
+    import pyarrow.parquet as pq
+
+    try:
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=64):
+            yield from batch.to_pylist()
+    except Exception as e:
+        raise DatasetFormatError(file, None, f"not a readable parquet file: {e}") from e
+
+
+def _struct_image(cell, column: str) -> bytes:
+    """The verified bytes of a Hugging Face ``Image`` cell ({"bytes": ..., "path": ...})."""
+    if cell is None:
+        raise _RowError(f"no {column}")
+    data = cell.get("bytes") if isinstance(cell, dict) else cell
+    if not isinstance(data, bytes) or not data:
+        raise _RowError(f"{column} holds no image bytes")
+    return _verified_image(data)
+
+
+def _text_cell(row: dict, column: str) -> str:
+    value = row.get(column)
+    return "" if value is None else str(value).strip()
+
+
+def _free_answer_type(answer: str) -> str:
+    return "number" if grading.parse_number(answer) is not None else "text"
+
+
+# --- RealWorldQA -------------------------------------------------------------------------
+
+_RWQA_OPTION_RE = re.compile(r"^\s*([A-Z])\.\s*(.*?)\s*$")
+_RWQA_INSTRUCTION_RE = re.compile(r"^\s*please\s+answer\b", re.IGNORECASE)
+
+
+def _rwqa_split(text: str) -> tuple[str, tuple[str, ...]]:
+    """Splits a RealWorldQA question into its stem and embedded "A. x" option lines.
+
+    The options are a run of lines lettered A, B, ... from A; what follows them (and, with
+    no options, a trailing line starting "Please answer") is the answer-format
+    instruction, which is dropped: prompt building adds its own.
+    """
+    lines = text.splitlines()
+    for i in range(len(lines) - 1):
+        first, second = _RWQA_OPTION_RE.match(lines[i]), _RWQA_OPTION_RE.match(lines[i + 1])
+        if first and second and first[1] == "A" and second[1] == "B":
+            choices: list[str] = []
+            for line in lines[i:]:
+                match = _RWQA_OPTION_RE.match(line)
+                if not match or match[1] != string.ascii_uppercase[len(choices)]:
+                    break
+                choices.append(match[2])
+            return "\n".join(lines[:i]).strip(), tuple(choices)
+    while lines and (not lines[-1].strip() or _RWQA_INSTRUCTION_RE.match(lines[-1])):
+        lines.pop()
+    return "\n".join(lines).strip(), ()
+
+
+def _realworldqa_record(row: dict, row_id: str) -> Record:
+    answer = _text_cell(row, "answer")
+    if _is_missing(answer):
+        raise _RowError("no answer")
+    stem, choices = _rwqa_split(_text_cell(row, "question"))
+    if not stem:
+        raise _RowError("empty question")
+    if choices:
+        answer, answer_type = _letter_answer(answer, choices), "choice"
+    else:
+        answer_type = _free_answer_type(answer)
+    return Record(
+        id=f"realworldqa:{row_id}",
+        images=(_struct_image(row.get("image"), "image"),),
+        question=stem,
+        choices=choices,
+        answer=answer,
+        answer_type=answer_type,
+        steps=(),
+        source="realworldqa",
+    )
+
+
+def read_realworldqa(
+    path: str | Path, *, on_error: str = "raise", stats: MutableMapping | None = None
+) -> Iterator[Record]:
+    """Reads the Hugging Face parquet copy of RealWorldQA.
+
+    Columns used: ``image`` (a struct ``{bytes, path}``), ``question`` and ``answer``.
+    Multiple-choice questions embed their options as lines "A. x", "B. y", ...: these
+    become `Record.choices`, the gold answer must be one of their letters (``answer_type``
+    "choice"), and the question keeps only the text before them. The answer-format
+    instruction that ends every question ("Please answer directly with ...") is dropped.
+    Other answers are "number" when `grading.parse_number` reads them, else "text".
+
+    Args:
+      path: the dataset directory (``data/test-*.parquet`` under it, or ``test-*.parquet``
+        directly in it) or a single parquet file.
+      on_error: "raise" a `DatasetFormatError` on a bad row, or "skip" it.
+      stats: when given, ``stats["skipped"]`` is incremented for every skipped row.
+
+    Returns:
+      an iterator of one `Record` per good row, in file order, with id
+      ``"realworldqa:<n>"``: n counts rows from 0 across the files in sorted order. Files
+      and columns are checked on call; rows as they are iterated.
+
+    Raises:
+      DatasetFormatError: missing or unreadable file, missing columns, or (with
+        on_error="raise") a bad row; the message names the file and the row number.
+    """
+    _check_on_error(on_error)
+    files = _parquet_files(
+        Path(path), ("data/test-*.parquet", "test-*.parquet"), "RealWorldQA parquet"
+    )
+    for file in files:
+        _check_parquet(file, ("image", "question", "answer"))
+    return _iter_realworldqa(files, on_error, stats)
+
+
+def _iter_realworldqa(files: list[Path], on_error: str, stats) -> Iterator[Record]:
+    n = 0
+    for file in files:
+        for row in _parquet_rows(file):
+            row_id = str(n)
+            n += 1
+            try:
+                yield _realworldqa_record(row, row_id)
+            except _RowError as e:
+                _handle(e, file, row_id, on_error, stats)
+
+
+# --- MMMU --------------------------------------------------------------------------------
+
+_MMMU_MAX_IMAGES = 7
+_IMAGE_PLACEHOLDER_RE = re.compile(r"<image\s*(\d+)>")
+
+
+def _mmmu_options(cell) -> tuple[str, ...]:
+    text = "" if cell is None else str(cell).strip()
+    try:
+        options = ast.literal_eval(text)  # literals only: never evaluates code
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
+        raise _RowError(f"options {text[:80]!r} is not a Python list literal") from e
+    if not isinstance(options, list) or not all(
+        isinstance(o, (str, int, float)) and not isinstance(o, bool) for o in options
+    ):
+        raise _RowError(f"options {text[:80]!r} is not a list of strings")
+    return tuple(str(o).strip() for o in options)
+
+
+def _mmmu_images(row: dict) -> tuple[bytes, ...]:
+    """image_1, image_2, ... up to the last present one; a gap would renumber images."""
+    cells = [row.get(f"image_{k}") for k in range(1, _MMMU_MAX_IMAGES + 1)]
+    while cells and cells[-1] is None:
+        cells.pop()
+    return tuple(_struct_image(cell, f"image_{k}") for k, cell in enumerate(cells, 1))
+
+
+def _mmmu_record(row: dict) -> Record:
+    question = _text_cell(row, "question")
+    if not question:
+        raise _RowError("empty question")
+    answer = _text_cell(row, "answer")
+    if _is_missing(answer):
+        raise _RowError("no answer")
+    options = _mmmu_options(row.get("options"))
+    qtype = _text_cell(row, "question_type")
+    if qtype == "multiple-choice":
+        if len(options) < 2:
+            raise _RowError(f"multiple-choice question with {len(options)} options")
+        answer, answer_type, choices = _letter_answer(answer, options), "choice", options
+    elif qtype == "open":
+        if options:
+            raise _RowError(f"open question with options {list(options)}")
+        answer_type, choices = _free_answer_type(answer), ()
+    else:
+        raise _RowError(f"unknown question_type {qtype!r}; expected multiple-choice/open")
+    images = _mmmu_images(row)
+    for text in (question, *choices):
+        for k in _IMAGE_PLACEHOLDER_RE.findall(text):
+            if not 1 <= int(k) <= len(images):
+                raise _RowError(f"<image {k}> refers to a missing image ({len(images)} given)")
+    return Record(
+        id=f"mmmu:{_text_cell(row, 'id')}",
+        images=images,
+        question=question,
+        choices=choices,
+        answer=answer,
+        answer_type=answer_type,
+        steps=(),
+        source="mmmu",
+    )
+
+
+def read_mmmu(
+    path: str | Path,
+    *,
+    split: str = "validation",
+    on_error: str = "raise",
+    stats: MutableMapping | None = None,
+) -> Iterator[Record]:
+    """Reads MMMU's Hugging Face layout: one folder per subject holding parquet files.
+
+    Columns used: ``id, question, options, answer, question_type, image_1 ... image_7``.
+    ``options`` is a string holding a Python list literal (``"['$6', '$7']"``; ``"[]"``
+    for open questions), parsed with `ast.literal_eval`. "multiple-choice" answers must be
+    the letter (or the text) of an option; "open" answers are "number" when
+    `grading.parse_number` reads them, else "text" (an open answer that lists several
+    accepted values stays one string).
+
+    Images are the non-null ``image_k`` cells in k order and must be contiguous from
+    ``image_1``, so that ``images[k - 1]`` is image k. The question and the options keep
+    their ``<image k>`` placeholders, so a prompt builder can put each image where the
+    question refers to it; every placeholder must name a present image.
+
+    Args:
+      path: the dataset directory (reads ``*/{split}-*.parquet``, subjects in sorted
+        order) or a single parquet file.
+      split: which split's files to read from a directory ("dev", "validation", "test";
+        the test split has no public answers, so its rows fail with "no answer").
+      on_error: "raise" a `DatasetFormatError` on a bad row, or "skip" it.
+      stats: when given, ``stats["skipped"]`` is incremented for every skipped row.
+
+    Returns:
+      an iterator of one `Record` per good row with id ``"mmmu:<id>"``. Files and columns
+      are checked on call; rows as they are iterated.
+
+    Raises:
+      DatasetFormatError: missing or unreadable file, missing columns, or (with
+        on_error="raise") a bad row; the message names the file and the row's ``id``.
+    """
+    _check_on_error(on_error)
+    files = _parquet_files(Path(path), (f"*/{split}-*.parquet",), "MMMU parquet")
+    for file in files:
+        _check_parquet(file, ("id", "question", "options", "answer", "question_type"))
+    return _iter_mmmu(files, on_error, stats)
+
+
+def _iter_mmmu(files: list[Path], on_error: str, stats) -> Iterator[Record]:
+    for file in files:
+        for n, row in enumerate(_parquet_rows(file)):
+            row_id = _text_cell(row, "id") or f"#{n + 1}"
+            try:
+                yield _mmmu_record(row)
+            except _RowError as e:
+                _handle(e, file, row_id, on_error, stats)
