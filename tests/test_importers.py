@@ -11,7 +11,7 @@ import random
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from dreamr_jax.data import grading
 from dreamr_jax.data.importers import (
@@ -566,3 +566,67 @@ def test_mmmu_bad_files(tmp_path):
     assert info.value.file == str(file)
     with pytest.raises(ValueError, match="on_error"):
         read_mmmu(tmp_path, on_error="ignore")
+
+
+# --- Image-size limit (all readers) --------------------------------------------------------
+
+
+def _big_image_fixture(reader: str, tmp_path):
+    """A dataset whose second row has a 20x20 image; returns (read, file, bad row id)."""
+    big = _png(size=(20, 20))
+    if reader == "mmbench":
+        file = _write_tsv(tmp_path / "mm.tsv", [_mmbench_row(0, _png()), _mmbench_row(7, big)])
+        return read_mmbench, file, "7"
+    if reader == "mathverse":
+        images = {"image_1.png": _png(), "big.png": big}
+        file = _write_mathverse(tmp_path, [_mv_item(1), _mv_item(42, image="big.png")], images)
+        return read_mathverse, file, "42"
+    if reader == "realworldqa":
+        rows = [_rwqa_row(), _rwqa_row(image=_img(big))]
+        return read_realworldqa, _write_parquet(tmp_path / "r.parquet", rows, RWQA_SCHEMA), "1"
+    rows = [_mmmu_row("v_1"), _mmmu_row("v_2", image_1=_img(big))]
+    file = _write_parquet(tmp_path / "Art" / "validation-0.parquet", rows, MMMU_SCHEMA)
+    return read_mmmu, file, "v_2"
+
+
+READERS = ["mmbench", "mathverse", "realworldqa", "mmmu"]
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_image_over_pixel_limit_is_a_bad_row(tmp_path, reader, monkeypatch):
+    read, file, row = _big_image_fixture(reader, tmp_path)
+    path = tmp_path if reader in ("mathverse", "mmmu") else file
+    loads = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(
+        ImageFile.ImageFile, "load", lambda im: loads.append(im.size) or real_load(im)
+    )
+    with pytest.raises(DatasetFormatError, match="20x20 = 400 pixels") as info:
+        list(read(path, max_image_pixels=100))
+    assert info.value.file == str(file) and info.value.row == row
+    assert "limit of 100 pixels" in str(info.value) and "max_image_pixels" in str(info.value)
+    assert (20, 20) not in loads  # rejected from the header, never decoded
+    assert loads  # the patch does see decodes (of the good row's image)
+
+    stats = {}
+    assert len(list(read(path, on_error="skip", stats=stats, max_image_pixels=100))) == 1
+    assert stats == {"skipped": 1}
+    assert len(list(read(path, max_image_pixels=None))) == 2  # None disables the limit
+    assert len(list(read(path, max_image_pixels=400))) == 2  # the limit is inclusive
+    assert len(list(read(path))) == 2  # default 4096 * 4096
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize("pil_limit, kind", [(300, "Warning"), (100, "Error")])
+def test_pil_decompression_bomb_is_a_bad_row(tmp_path, reader, pil_limit, kind, monkeypatch):
+    # 400 pixels: over PIL's limit (a warning) or over twice it (an error).
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pil_limit)
+    read, file, row = _big_image_fixture(reader, tmp_path)
+    path = tmp_path if reader in ("mathverse", "mmmu") else file
+    with pytest.raises(DatasetFormatError, match=f"DecompressionBomb{kind}") as info:
+        list(read(path, max_image_pixels=None))
+    assert info.value.file == str(file) and info.value.row == row
+    assert "MAX_IMAGE_PIXELS" in str(info.value)
+    stats = {}
+    assert len(list(read(path, on_error="skip", stats=stats, max_image_pixels=None))) == 1
+    assert stats == {"skipped": 1}

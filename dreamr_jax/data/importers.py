@@ -14,6 +14,12 @@ Bad input never turns into a silent wrong label. A missing file, a row with no a
 an answer letter that names no option, an unknown question type or an image PIL cannot
 decode raises `DatasetFormatError` naming the file and the row; with ``on_error="skip"``
 the row is logged, skipped and counted in ``stats["skipped"]`` instead.
+
+So does an image with more pixels than ``max_image_pixels`` (default
+`DEFAULT_MAX_IMAGE_PIXELS`, 4096 * 4096; None disables the check). The size is read from
+the image header before any pixel is decoded, so an oversized image costs no decode. PIL's
+own decompression-bomb guard (``PIL.Image.MAX_IMAGE_PIXELS``) still applies on top: its
+`DecompressionBombWarning` and `DecompressionBombError` also become bad rows.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import json
 import logging
 import re
 import string
+import warnings
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 
@@ -38,6 +45,7 @@ from dreamr_jax.data import grading
 logger = logging.getLogger(__name__)
 
 ON_ERROR = ("raise", "skip")
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 _MISSING = ("", "nan", "none", "null")
 # VLMEvalKit-style TSVs store an image once and refer to it from later rows by index;
 # a cell this short cannot be an encoded image.
@@ -112,11 +120,32 @@ def _handle(
         stats["skipped"] = stats.get("skipped", 0) + 1
 
 
-def _verified_image(data: bytes) -> bytes:
-    """Returns `data` unchanged after checking PIL can fully decode it."""
+def _verified_image(data: bytes, max_pixels: int | None) -> bytes:
+    """Returns `data` unchanged after checking its size and that PIL can fully decode it.
+
+    The size comes from the header (``Image.open`` reads no pixel data), so an image over
+    `max_pixels` is rejected without being decoded.
+    """
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()  # decodes every pixel: catches truncated files that verify() misses
+        with warnings.catch_warnings():
+            # PIL only warns between MAX_IMAGE_PIXELS and twice that: make it a bad row too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+                if max_pixels is not None and width * height > max_pixels:
+                    raise _RowError(
+                        f"image is {width}x{height} = {width * height} pixels, over the "
+                        f"limit of {max_pixels} pixels; pass a larger max_image_pixels "
+                        "(or None) to read it"
+                    )
+                im.load()  # decodes every pixel: catches truncated files that verify() misses
+    except _RowError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise _RowError(
+            f"image exceeds PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels "
+            f"({type(e).__name__}: {e}); raise PIL.Image.MAX_IMAGE_PIXELS to read it"
+        ) from e
     except Exception as e:  # PIL raises many types for corrupt data
         raise _RowError(f"image does not decode ({type(e).__name__}: {e})") from e
     return data
@@ -180,7 +209,9 @@ def _mmbench_choices(row: dict[str, str], option_cols: list[str]) -> tuple[str, 
     return tuple(row[c].strip() for c in option_cols[:n])
 
 
-def _mmbench_record(row: dict, option_cols: list[str], images: dict[str, str]) -> Record:
+def _mmbench_record(
+    row: dict, option_cols: list[str], images: dict[str, str], max_pixels: int | None
+) -> Record:
     index = row["index"].strip()
     if _is_missing(row.get("question")):
         raise _RowError("empty question")
@@ -202,7 +233,7 @@ def _mmbench_record(row: dict, option_cols: list[str], images: dict[str, str]) -
         question = f"{row['hint'].strip()}\n{question}"
     return Record(
         id=f"mmbench:{index}",
-        images=(_verified_image(data),),
+        images=(_verified_image(data, max_pixels),),
         question=question,
         choices=choices,
         answer=answer,
@@ -213,7 +244,11 @@ def _mmbench_record(row: dict, option_cols: list[str], images: dict[str, str]) -
 
 
 def read_mmbench(
-    path: str | Path, *, on_error: str = "raise", stats: MutableMapping | None = None
+    path: str | Path,
+    *,
+    on_error: str = "raise",
+    stats: MutableMapping | None = None,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> Iterator[Record]:
     """Reads MMBench's published TSV (``MMBench_DEV_EN.tsv`` and its siblings).
 
@@ -226,6 +261,8 @@ def read_mmbench(
       path: the TSV file, or a directory holding exactly one ``*.tsv``.
       on_error: "raise" a `DatasetFormatError` on a bad row, or "skip" it.
       stats: when given, ``stats["skipped"]`` is incremented for every skipped row.
+      max_image_pixels: a row with an image of more pixels (width * height) than this is
+        bad; default 4096 * 4096 (`DEFAULT_MAX_IMAGE_PIXELS`), None disables the limit.
 
     Returns:
       an iterator of one `Record` per good row, in file order (``answer_type`` "choice").
@@ -246,17 +283,22 @@ def read_mmbench(
         if letter not in header:
             break
         option_cols.append(letter)
-    return _iter_mmbench(file, rows, option_cols, on_error, stats)
+    return _iter_mmbench(file, rows, option_cols, on_error, stats, max_image_pixels)
 
 
 def _iter_mmbench(
-    file: Path, rows: list[dict], option_cols: list[str], on_error: str, stats
+    file: Path,
+    rows: list[dict],
+    option_cols: list[str],
+    on_error: str,
+    stats,
+    max_pixels: int | None,
 ) -> Iterator[Record]:
     images = {(r.get("index") or "").strip(): (r.get("image") or "").strip() for r in rows}
     for n, row in enumerate(rows):
         row_id = (row.get("index") or "").strip() or f"#{n + 1}"
         try:
-            yield _mmbench_record(row, option_cols, images)
+            yield _mmbench_record(row, option_cols, images, max_pixels)
         except _RowError as e:
             _handle(e, file, row_id, on_error, stats)
 
@@ -287,7 +329,7 @@ def _split_choices(text: str) -> tuple[str, tuple[str, ...]]:
     return text[: head.start()].strip(), tuple(choices)
 
 
-def _mathverse_image(root: Path, name: str) -> bytes:
+def _mathverse_image(root: Path, name: str, max_pixels: int | None) -> bytes:
     images_dir = (root / "images").resolve()
     for candidate in (images_dir / name, root / name):
         candidate = candidate.resolve()
@@ -295,11 +337,11 @@ def _mathverse_image(root: Path, name: str) -> bytes:
         if not candidate.is_relative_to(root.resolve()):
             raise _RowError(f"image path {name!r} leaves the dataset directory")
         if candidate.is_file():
-            return _verified_image(candidate.read_bytes())
+            return _verified_image(candidate.read_bytes(), max_pixels)
     raise _RowError(f"image {name!r} not found under {images_dir}")
 
 
-def _mathverse_record(root: Path, item: dict) -> Record:
+def _mathverse_record(root: Path, item: dict, max_pixels: int | None) -> Record:
     if not isinstance(item, dict):
         raise _RowError(f"entry is a {type(item).__name__}, not an object")
     answer = str(item.get("answer") or "").strip()
@@ -319,7 +361,7 @@ def _mathverse_record(root: Path, item: dict) -> Record:
     else:
         raise _RowError(f"unknown question_type {qtype!r}; expected multi-choice/free-form")
     name = str(item.get("image") or "").strip()
-    images = (_mathverse_image(root, name),) if name else ()
+    images = (_mathverse_image(root, name, max_pixels),) if name else ()
     return Record(
         id=f"mathverse:{item.get('sample_index')}",
         images=images,
@@ -333,7 +375,11 @@ def _mathverse_record(root: Path, item: dict) -> Record:
 
 
 def read_mathverse(
-    path: str | Path, *, on_error: str = "raise", stats: MutableMapping | None = None
+    path: str | Path,
+    *,
+    on_error: str = "raise",
+    stats: MutableMapping | None = None,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> Iterator[Record]:
     """Reads MathVerse's published ``testmini.json`` and its ``images/`` directory.
 
@@ -345,6 +391,8 @@ def read_mathverse(
       path: the directory holding ``testmini.json`` and ``images/``, or the JSON file.
       on_error: "raise" a `DatasetFormatError` on a bad entry, or "skip" it.
       stats: when given, ``stats["skipped"]`` is incremented for every skipped entry.
+      max_image_pixels: an entry with an image of more pixels (width * height) than this
+        is bad; default 4096 * 4096 (`DEFAULT_MAX_IMAGE_PIXELS`), None disables the limit.
 
     Returns:
       an iterator of one `Record` per good entry, in file order. The file is checked on
@@ -365,16 +413,18 @@ def read_mathverse(
         raise DatasetFormatError(file, None, f"not valid JSON: {e}") from e
     if not isinstance(items, list):
         raise DatasetFormatError(file, None, f"expected a JSON list, got {type(items).__name__}")
-    return _iter_mathverse(file, items, on_error, stats)
+    return _iter_mathverse(file, items, on_error, stats, max_image_pixels)
 
 
-def _iter_mathverse(file: Path, items: list, on_error: str, stats) -> Iterator[Record]:
+def _iter_mathverse(
+    file: Path, items: list, on_error: str, stats, max_pixels: int | None
+) -> Iterator[Record]:
     for n, item in enumerate(items):
         row_id = f"#{n + 1}"
         if isinstance(item, dict) and item.get("sample_index") is not None:
             row_id = str(item["sample_index"])
         try:
-            yield _mathverse_record(file.parent, item)
+            yield _mathverse_record(file.parent, item, max_pixels)
         except _RowError as e:
             _handle(e, file, row_id, on_error, stats)
 
@@ -420,14 +470,14 @@ def _parquet_rows(file: Path) -> Iterator[dict]:
         raise DatasetFormatError(file, None, f"not a readable parquet file: {e}") from e
 
 
-def _struct_image(cell, column: str) -> bytes:
+def _struct_image(cell, column: str, max_pixels: int | None) -> bytes:
     """The verified bytes of a Hugging Face ``Image`` cell ({"bytes": ..., "path": ...})."""
     if cell is None:
         raise _RowError(f"no {column}")
     data = cell.get("bytes") if isinstance(cell, dict) else cell
     if not isinstance(data, bytes) or not data:
         raise _RowError(f"{column} holds no image bytes")
-    return _verified_image(data)
+    return _verified_image(data, max_pixels)
 
 
 def _text_cell(row: dict, column: str) -> str:
@@ -468,7 +518,7 @@ def _rwqa_split(text: str) -> tuple[str, tuple[str, ...]]:
     return "\n".join(lines).strip(), ()
 
 
-def _realworldqa_record(row: dict, row_id: str) -> Record:
+def _realworldqa_record(row: dict, row_id: str, max_pixels: int | None) -> Record:
     answer = _text_cell(row, "answer")
     if _is_missing(answer):
         raise _RowError("no answer")
@@ -481,7 +531,7 @@ def _realworldqa_record(row: dict, row_id: str) -> Record:
         answer_type = _free_answer_type(answer)
     return Record(
         id=f"realworldqa:{row_id}",
-        images=(_struct_image(row.get("image"), "image"),),
+        images=(_struct_image(row.get("image"), "image", max_pixels),),
         question=stem,
         choices=choices,
         answer=answer,
@@ -492,7 +542,11 @@ def _realworldqa_record(row: dict, row_id: str) -> Record:
 
 
 def read_realworldqa(
-    path: str | Path, *, on_error: str = "raise", stats: MutableMapping | None = None
+    path: str | Path,
+    *,
+    on_error: str = "raise",
+    stats: MutableMapping | None = None,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> Iterator[Record]:
     """Reads the Hugging Face parquet copy of RealWorldQA.
 
@@ -508,6 +562,8 @@ def read_realworldqa(
         directly in it) or a single parquet file.
       on_error: "raise" a `DatasetFormatError` on a bad row, or "skip" it.
       stats: when given, ``stats["skipped"]`` is incremented for every skipped row.
+      max_image_pixels: a row with an image of more pixels (width * height) than this is
+        bad; default 4096 * 4096 (`DEFAULT_MAX_IMAGE_PIXELS`), None disables the limit.
 
     Returns:
       an iterator of one `Record` per good row, in file order, with id
@@ -524,17 +580,19 @@ def read_realworldqa(
     )
     for file in files:
         _check_parquet(file, ("image", "question", "answer"))
-    return _iter_realworldqa(files, on_error, stats)
+    return _iter_realworldqa(files, on_error, stats, max_image_pixels)
 
 
-def _iter_realworldqa(files: list[Path], on_error: str, stats) -> Iterator[Record]:
+def _iter_realworldqa(
+    files: list[Path], on_error: str, stats, max_pixels: int | None
+) -> Iterator[Record]:
     n = 0
     for file in files:
         for row in _parquet_rows(file):
             row_id = str(n)
             n += 1
             try:
-                yield _realworldqa_record(row, row_id)
+                yield _realworldqa_record(row, row_id, max_pixels)
             except _RowError as e:
                 _handle(e, file, row_id, on_error, stats)
 
@@ -558,15 +616,15 @@ def _mmmu_options(cell) -> tuple[str, ...]:
     return tuple(str(o).strip() for o in options)
 
 
-def _mmmu_images(row: dict) -> tuple[bytes, ...]:
+def _mmmu_images(row: dict, max_pixels: int | None) -> tuple[bytes, ...]:
     """image_1, image_2, ... up to the last present one; a gap would renumber images."""
     cells = [row.get(f"image_{k}") for k in range(1, _MMMU_MAX_IMAGES + 1)]
     while cells and cells[-1] is None:
         cells.pop()
-    return tuple(_struct_image(cell, f"image_{k}") for k, cell in enumerate(cells, 1))
+    return tuple(_struct_image(cell, f"image_{k}", max_pixels) for k, cell in enumerate(cells, 1))
 
 
-def _mmmu_record(row: dict) -> Record:
+def _mmmu_record(row: dict, max_pixels: int | None) -> Record:
     question = _text_cell(row, "question")
     if not question:
         raise _RowError("empty question")
@@ -585,7 +643,7 @@ def _mmmu_record(row: dict) -> Record:
         answer_type, choices = _free_answer_type(answer), ()
     else:
         raise _RowError(f"unknown question_type {qtype!r}; expected multiple-choice/open")
-    images = _mmmu_images(row)
+    images = _mmmu_images(row, max_pixels)
     for text in (question, *choices):
         for k in _IMAGE_PLACEHOLDER_RE.findall(text):
             if not 1 <= int(k) <= len(images):
@@ -608,6 +666,7 @@ def read_mmmu(
     split: str = "validation",
     on_error: str = "raise",
     stats: MutableMapping | None = None,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> Iterator[Record]:
     """Reads MMMU's Hugging Face layout: one folder per subject holding parquet files.
 
@@ -630,6 +689,8 @@ def read_mmmu(
         the test split has no public answers, so its rows fail with "no answer").
       on_error: "raise" a `DatasetFormatError` on a bad row, or "skip" it.
       stats: when given, ``stats["skipped"]`` is incremented for every skipped row.
+      max_image_pixels: a row with an image of more pixels (width * height) than this is
+        bad; default 4096 * 4096 (`DEFAULT_MAX_IMAGE_PIXELS`), None disables the limit.
 
     Returns:
       an iterator of one `Record` per good row with id ``"mmmu:<id>"``. Files and columns
@@ -643,14 +704,14 @@ def read_mmmu(
     files = _parquet_files(Path(path), (f"*/{split}-*.parquet",), "MMMU parquet")
     for file in files:
         _check_parquet(file, ("id", "question", "options", "answer", "question_type"))
-    return _iter_mmmu(files, on_error, stats)
+    return _iter_mmmu(files, on_error, stats, max_image_pixels)
 
 
-def _iter_mmmu(files: list[Path], on_error: str, stats) -> Iterator[Record]:
+def _iter_mmmu(files: list[Path], on_error: str, stats, max_pixels: int | None) -> Iterator[Record]:
     for file in files:
         for n, row in enumerate(_parquet_rows(file)):
             row_id = _text_cell(row, "id") or f"#{n + 1}"
             try:
-                yield _mmmu_record(row)
+                yield _mmmu_record(row, max_pixels)
             except _RowError as e:
                 _handle(e, file, row_id, on_error, stats)
