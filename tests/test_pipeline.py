@@ -185,3 +185,52 @@ def test_worker_processes_give_the_in_process_batches(data):
         assert _ids(list(it)) == _ids(_batches(data))
     finally:
         it.close()
+
+
+def _assert_same_batches(want_batches, got_batches):
+    for want, got in zip(want_batches, got_batches, strict=True):
+        assert want.keys() == got.keys()
+        for k in want:
+            np.testing.assert_array_equal(want[k], got[k], err_msg=k)
+
+
+def test_orbax_saved_iterator_resumes_identically(data, tmp_path):
+    source, tokenizer = data
+    cfg = dataclasses.replace(CFG, num_epochs=None)
+    it = iter(pipeline.make_dataset(source, cfg, tokenizer, IMAGE_CFG))
+    for _ in range(2):
+        next(it)
+    pipeline.save_iterator(it, tmp_path / "ckpt", step=2)
+    expected = [next(it) for _ in range(3)]  # crosses the epoch boundary
+    pipeline.save_iterator(it, tmp_path / "ckpt", step=5)
+    fresh = iter(pipeline.make_dataset(source, cfg, tokenizer, IMAGE_CFG))
+    assert pipeline.restore_iterator(fresh, tmp_path / "ckpt", step=2) == 2
+    _assert_same_batches(expected, [next(fresh) for _ in range(3)])
+
+
+def test_orbax_restore_defaults_to_the_latest_step(data, tmp_path):
+    source, tokenizer = data
+    cfg = dataclasses.replace(CFG, num_epochs=None)
+    it = iter(pipeline.make_dataset(source, cfg, tokenizer, IMAGE_CFG))
+    next(it)
+    pipeline.save_iterator(it, tmp_path, step=1)
+    next(it)
+    pipeline.save_iterator(it, tmp_path, step=2)
+    expected = [next(it) for _ in range(2)]
+    fresh = iter(pipeline.make_dataset(source, cfg, tokenizer, IMAGE_CFG))
+    assert pipeline.restore_iterator(fresh, tmp_path) == 2
+    _assert_same_batches(expected, [next(fresh) for _ in range(2)])
+
+
+def test_orbax_restore_without_a_checkpoint_names_the_directory(data, tmp_path):
+    source, tokenizer = data
+    it = iter(pipeline.make_dataset(source, CFG, tokenizer, IMAGE_CFG))
+    missing = tmp_path / "no_such_dir"
+    with pytest.raises(FileNotFoundError, match="no_such_dir"):
+        pipeline.restore_iterator(it, missing)
+    assert not missing.exists()
+    with pytest.raises(FileNotFoundError, match="saved steps: \\[\\]"):
+        pipeline.restore_iterator(it, tmp_path)  # exists, but holds no checkpoint
+    pipeline.save_iterator(it, tmp_path / "ckpt", step=0)
+    with pytest.raises(FileNotFoundError, match="step 7"):
+        pipeline.restore_iterator(it, tmp_path / "ckpt", step=7)

@@ -28,7 +28,9 @@ slice. With ``skip_overlong`` the order is ``map -> filter -> to_iter_dataset ->
 instead (a dropped example must not leave a hole), and batches then depend on
 ``worker_count``. The iterator's ``get_state()`` is a
 small JSON-serialisable dict (`state_to_bytes` / `state_from_bytes`) to store with the
-training checkpoint.
+training checkpoint; `save_iterator` / `restore_iterator` do so with an Orbax
+``CheckpointManager`` under the item name `ITEM`, using grain's Orbax handler
+(``grain.checkpoint.CheckpointSave`` / ``CheckpointRestore``, one JSON file per process).
 """
 
 from __future__ import annotations
@@ -36,12 +38,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grain
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 
 from dreamr_jax.data.steps import StepConfig, join_steps
@@ -294,3 +298,55 @@ def state_to_bytes(iterator) -> bytes:
 def state_from_bytes(iterator, state: bytes) -> None:
     """Moves a fresh iterator of the same pipeline to a position from `state_to_bytes`."""
     iterator.set_state(json.loads(state.decode()))
+
+
+# The CheckpointManager item holding the data iterator. A training checkpoint stores it beside
+# model / optimizer items in one manager: save with
+# ``ocp.args.Composite(**{ITEM: grain.checkpoint.CheckpointSave(it), ...})`` and restore with
+# ``ocp.args.Composite(**{ITEM: grain.checkpoint.CheckpointRestore(it), ...})``.
+ITEM = "data_iterator"
+
+
+def _manager(directory) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(directory, item_names=(ITEM,))
+
+
+def save_iterator(iterator, directory, step: int) -> None:
+    """Saves the iterator's position as item `ITEM` of step ``step`` under ``directory``."""
+    with _manager(directory) as manager:
+        manager.save(
+            step, args=ocp.args.Composite(**{ITEM: grain.checkpoint.CheckpointSave(iterator)})
+        )
+        manager.wait_until_finished()
+
+
+def restore_iterator(iterator, directory, step: int | None = None) -> int:
+    """Moves ``iterator`` (fresh, same pipeline) to the position saved at ``step``.
+
+    Args:
+      iterator: an iterator of the pipeline that was saved; its state is set in place.
+      directory: the CheckpointManager directory given to `save_iterator`.
+      step: the step to restore; None restores the latest.
+
+    Returns:
+      The restored step.
+
+    Raises:
+      FileNotFoundError: ``directory`` holds no checkpoint (or not ``step``).
+    """
+    if not os.path.isdir(directory):  # checked first: a manager would create it
+        raise FileNotFoundError(f"no data iterator checkpoint: {directory} does not exist.")
+    with _manager(directory) as manager:
+        steps = manager.all_steps()
+        if step is None:
+            step = manager.latest_step()
+        if step is None or step not in steps:
+            raise FileNotFoundError(
+                f"no data iterator checkpoint"
+                f"{'' if step is None else f' for step {step}'} in {directory} "
+                f"(saved steps: {sorted(steps)})."
+            )
+        manager.restore(
+            step, args=ocp.args.Composite(**{ITEM: grain.checkpoint.CheckpointRestore(iterator)})
+        )
+    return step
