@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dreamr_jax.processing.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS
+from dreamr_jax.data.tokenizer_train import train_tokenizer
 
 _CORPUS = (
     "You are a helpful assistant.\n",
@@ -28,27 +28,7 @@ def make_tiny_tokenizer(path: str | os.PathLike, vocab_size: int = 400) -> Path:
     Returns:
         `path` as a `Path`.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2TokenizerFast
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
-    hf_tokenizer = Qwen2TokenizerFast(
-        tokenizer_object=tokenizer,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-        additional_special_tokens=list(SPECIAL_TOKENS[1:]),
-        chat_template=CHAT_TEMPLATE,
-    )
+    hf_tokenizer = train_tokenizer(_CORPUS, vocab_size=vocab_size)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     hf_tokenizer.save_pretrained(path)

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from dreamr_jax.data.synthetic import SyntheticConfig, generate, reference_chain
-from dreamr_jax.processing.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS
+from dreamr_jax.processing.tokenizer import SPECIAL_TOKENS, as_qwen_tokenizer
 
 # 256 byte symbols plus the special tokens: the smallest vocabulary that can hold them.
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
@@ -52,7 +52,6 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 1024):
             f"{len(SPECIAL_TOKENS)} special tokens)."
         )
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2TokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -64,14 +63,7 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 1024):
         show_progress=False,
     )
     tokenizer.train_from_iterator(iter(texts), trainer=trainer)
-    return Qwen2TokenizerFast(
-        tokenizer_object=tokenizer,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-        additional_special_tokens=list(SPECIAL_TOKENS[1:]),
-        chat_template=CHAT_TEMPLATE,
-    )
+    return as_qwen_tokenizer(tokenizer)
 
 
 def synthetic_corpus(n: int, cfg: SyntheticConfig = _DEFAULT_CFG) -> Iterator[str]:

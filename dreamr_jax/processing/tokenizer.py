@@ -46,11 +46,26 @@ CHAT_TEMPLATE = (
 )
 
 
+def as_qwen_tokenizer(tokenizer):
+    """Wraps a `tokenizers.Tokenizer` (holding `SPECIAL_TOKENS`) as the Hugging Face class
+    of real Qwen3-VL tokenizers: eos ``<|im_end|>``, pad ``<|endoftext|>``, no unk token,
+    `CHAT_TEMPLATE`."""
+    from transformers import Qwen2TokenizerFast
+
+    return Qwen2TokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        additional_special_tokens=list(SPECIAL_TOKENS[1:]),
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
 def byte_tokenizer():
     """A `transformers.Qwen2TokenizerFast` (the class of real Qwen3-VL tokenizers) over the
     256 bytes plus the special tokens (ids 256..262), with `CHAT_TEMPLATE`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import Qwen2TokenizerFast
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
@@ -58,14 +73,7 @@ def byte_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(list(SPECIAL_TOKENS))
-    return Qwen2TokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-        additional_special_tokens=list(SPECIAL_TOKENS[1:]),
-        chat_template=CHAT_TEMPLATE,
-    )
+    return as_qwen_tokenizer(tok)
 
 
 def save_byte_tokenizer(path: str | os.PathLike):
