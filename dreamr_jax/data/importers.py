@@ -10,16 +10,11 @@ consumes. Nothing is downloaded: the user points the reader at a local copy.
 
 The parquet readers need ``pyarrow``, imported only when they are called.
 
-Bad input never turns into a silent wrong label. A missing file, a row with no answer,
-an answer letter that names no option, an unknown question type or an image PIL cannot
-decode raises `DatasetFormatError` naming the file and the row; with ``on_error="skip"``
-the row is logged, skipped and counted in ``stats["skipped"]`` instead.
-
-So does an image with more pixels than ``max_image_pixels`` (default
-`DEFAULT_MAX_IMAGE_PIXELS`, 4096 * 4096; None disables the check). The size is read from
-the image header before any pixel is decoded, so an oversized image costs no decode. PIL's
-own decompression-bomb guard (``PIL.Image.MAX_IMAGE_PIXELS``) still applies on top: its
-`DecompressionBombWarning` and `DecompressionBombError` also become bad rows.
+Bad input never turns into a silent wrong label (see `records`): a missing file, a row
+with no answer, an answer letter that names no option, an unknown question type, an image
+PIL cannot decode or one over ``max_image_pixels`` (checked from the header, before any
+decode) raises `DatasetFormatError` naming the file and the row; with
+``on_error="skip"`` the row is logged, skipped and counted in ``stats["skipped"]``.
 """
 
 from __future__ import annotations
@@ -28,147 +23,44 @@ import ast
 import base64
 import binascii
 import csv
-import dataclasses
-import io
-import json
-import logging
 import re
 import string
-import warnings
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 
-from PIL import Image
+from dreamr_jax.data.records import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ON_ERROR,
+    DatasetFormatError,
+    Record,
+    RowError,
+    check_on_error,
+    free_answer_type,
+    handle_row_error,
+    image_file,
+    inside,
+    is_missing,
+    letter_answer,
+    read_json,
+    verified_image,
+)
 
-from dreamr_jax.data import grading
+__all__ = [
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "ON_ERROR",
+    "DatasetFormatError",
+    "Record",
+    "read_mathverse",
+    "read_mmbench",
+    "read_mmmu",
+    "read_realworldqa",
+]
 
-logger = logging.getLogger(__name__)
-
-ON_ERROR = ("raise", "skip")
-DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
-_MISSING = ("", "nan", "none", "null")
 # VLMEvalKit-style TSVs store an image once and refer to it from later rows by index;
 # a cell this short cannot be an encoded image.
 _IMAGE_REF_MAX_CHARS = 64
 _CHOICES_HEAD_RE = re.compile(r"^\s*choices?\s*[:：]\s*$", re.IGNORECASE | re.MULTILINE)
 _CHOICE_LINE_RE = re.compile(r"^\s*\(?([A-Z])\)?\s*[:.：)]\s*(.*?)\s*$")
-
-
-class DatasetFormatError(ValueError):
-    """A benchmark file that does not follow its published layout.
-
-    Attributes:
-      file: the offending file (or directory).
-      row: the row's id in the file (MMBench ``index``, MathVerse ``sample_index``), or
-        None for a problem with the file as a whole.
-    """
-
-    def __init__(self, file: str | Path, row: str | None, problem: str):
-        self.file, self.row, self.problem = str(file), row, problem
-        where = f"{self.file}" if row is None else f"{self.file}, row {row}"
-        super().__init__(f"{where}: {problem}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Record:
-    """One normalised benchmark example.
-
-    Attributes:
-      id: unique id, ``"<source>:<row id>"``.
-      images: encoded image files (PNG/JPEG bytes as stored), in prompt order.
-      question: the question text, with any hint prepended and without the options.
-      choices: option texts in letter order (A, B, ...); () when the question has none
-        in text (free-form, or options drawn inside the image).
-      answer: the gold answer; for ``answer_type == "choice"`` the option letter.
-      answer_type: one of `grading.ANSWER_TYPES`.
-      steps: reference reasoning steps; () when the benchmark has none.
-      source: the benchmark the record came from ("mmbench", "mathverse",
-        "realworldqa", "mmmu").
-    """
-
-    id: str
-    images: tuple[bytes, ...]
-    question: str
-    choices: tuple[str, ...]
-    answer: str
-    answer_type: str
-    steps: tuple[str, ...]
-    source: str
-
-
-class _RowError(Exception):
-    """A problem with one row; turned into a DatasetFormatError or a counted skip."""
-
-
-def _is_missing(cell: str | None) -> bool:
-    return cell is None or cell.strip().lower() in _MISSING
-
-
-def _check_on_error(on_error: str) -> None:
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-
-
-def _handle(
-    err: _RowError, file: Path, row: str, on_error: str, stats: MutableMapping | None
-) -> None:
-    """Raises the row's error, or logs and counts it as skipped."""
-    if on_error == "raise":
-        raise DatasetFormatError(file, row, str(err)) from err
-    logger.warning("skipping %s, row %s: %s", file, row, err)
-    if stats is not None:
-        stats["skipped"] = stats.get("skipped", 0) + 1
-
-
-def _verified_image(data: bytes, max_pixels: int | None) -> bytes:
-    """Returns `data` unchanged after checking its size and that PIL can fully decode it.
-
-    The size comes from the header (``Image.open`` reads no pixel data), so an image over
-    `max_pixels` is rejected without being decoded.
-    """
-    try:
-        with warnings.catch_warnings():
-            # PIL only warns between MAX_IMAGE_PIXELS and twice that: make it a bad row too.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                width, height = im.size
-                if max_pixels is not None and width * height > max_pixels:
-                    raise _RowError(
-                        f"image is {width}x{height} = {width * height} pixels, over the "
-                        f"limit of {max_pixels} pixels; pass a larger max_image_pixels "
-                        "(or None) to read it"
-                    )
-                im.load()  # decodes every pixel: catches truncated files that verify() misses
-    except _RowError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise _RowError(
-            f"image exceeds PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels "
-            f"({type(e).__name__}: {e}); raise PIL.Image.MAX_IMAGE_PIXELS to read it"
-        ) from e
-    except Exception as e:  # PIL raises many types for corrupt data
-        raise _RowError(f"image does not decode ({type(e).__name__}: {e})") from e
-    return data
-
-
-def _letter_answer(answer: str, choices: tuple[str, ...]) -> str:
-    """The gold option letter, checked against `choices` (any letter when choices=())."""
-    letter = answer.strip().upper()
-    if len(letter) != 1 or letter not in string.ascii_uppercase:
-        # Some copies store the option text instead of its letter: map it only when it
-        # names exactly one option.
-        norm = grading.normalize_text(answer)
-        hits = [i for i, c in enumerate(choices) if grading.normalize_text(c) == norm]
-        if len(hits) != 1:
-            raise _RowError(f"answer {answer!r} is not an option letter or option text")
-        return string.ascii_uppercase[hits[0]]
-    if choices and letter not in string.ascii_uppercase[: len(choices)]:
-        raise _RowError(f"answer {letter!r} is not among the options {_letters(choices)}")
-    return letter
-
-
-def _letters(choices: tuple[str, ...]) -> str:
-    return ",".join(string.ascii_uppercase[: len(choices)])
 
 
 # --- MMBench -----------------------------------------------------------------------------
@@ -200,12 +92,12 @@ def _read_tsv(file: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def _mmbench_choices(row: dict[str, str], option_cols: list[str]) -> tuple[str, ...]:
-    present = [not _is_missing(row.get(c)) for c in option_cols]
+    present = [not is_missing(row.get(c)) for c in option_cols]
     n = sum(present)
     if n < 2:
-        raise _RowError(f"{n} non-empty options; need at least 2")
+        raise RowError(f"{n} non-empty options; need at least 2")
     if not all(present[:n]):  # a gap (A, B, D) would shift every later letter
-        raise _RowError(f"options are not contiguous from A: {present}")
+        raise RowError(f"options are not contiguous from A: {present}")
     return tuple(row[c].strip() for c in option_cols[:n])
 
 
@@ -213,27 +105,27 @@ def _mmbench_record(
     row: dict, option_cols: list[str], images: dict[str, str], max_pixels: int | None
 ) -> Record:
     index = row["index"].strip()
-    if _is_missing(row.get("question")):
-        raise _RowError("empty question")
-    if _is_missing(row.get("answer")):
-        raise _RowError("no answer")
+    if is_missing(row.get("question")):
+        raise RowError("empty question")
+    if is_missing(row.get("answer")):
+        raise RowError("no answer")
     choices = _mmbench_choices(row, option_cols)
-    answer = _letter_answer(row["answer"], choices)
+    answer = letter_answer(row["answer"], choices)
     cell = (row.get("image") or "").strip()
     if len(cell) <= _IMAGE_REF_MAX_CHARS:
         cell = images.get(cell, "")
         if len(cell) <= _IMAGE_REF_MAX_CHARS:
-            raise _RowError(f"image cell {row.get('image')!r} is neither base64 nor a row index")
+            raise RowError(f"image cell {row.get('image')!r} is neither base64 nor a row index")
     try:
         data = base64.b64decode(cell, validate=True)
     except (binascii.Error, ValueError) as e:
-        raise _RowError(f"image is not valid base64 ({e})") from e
+        raise RowError(f"image is not valid base64 ({e})") from e
     question = row["question"].strip()
-    if not _is_missing(row.get("hint")):
+    if not is_missing(row.get("hint")):
         question = f"{row['hint'].strip()}\n{question}"
     return Record(
         id=f"mmbench:{index}",
-        images=(_verified_image(data, max_pixels),),
+        images=(verified_image(data, max_pixels),),
         question=question,
         choices=choices,
         answer=answer,
@@ -272,7 +164,7 @@ def read_mmbench(
       DatasetFormatError: missing file, missing columns, or (with on_error="raise") a bad
         row; the message names the file and the row's ``index``.
     """
-    _check_on_error(on_error)
+    check_on_error(on_error)
     file = _find_file(Path(path), "*.tsv", "MMBench TSV")
     header, rows = _read_tsv(file)
     missing = [c for c in ("index", "question", "answer", "image", "A", "B") if c not in header]
@@ -299,8 +191,8 @@ def _iter_mmbench(
         row_id = (row.get("index") or "").strip() or f"#{n + 1}"
         try:
             yield _mmbench_record(row, option_cols, images, max_pixels)
-        except _RowError as e:
-            _handle(e, file, row_id, on_error, stats)
+        except RowError as e:
+            handle_row_error(e, file, row_id, on_error, stats)
 
 
 # --- MathVerse ---------------------------------------------------------------------------
@@ -323,43 +215,39 @@ def _split_choices(text: str) -> tuple[str, tuple[str, ...]]:
         elif line.strip() and choices:  # an option that wraps onto a second line
             choices[-1] = f"{choices[-1]}\n{line.strip()}"
         elif line.strip():
-            raise _RowError(f"cannot parse option line {line!r}")
+            raise RowError(f"cannot parse option line {line!r}")
     if len(choices) < 2:
-        raise _RowError(f"'Choices:' block has {len(choices)} parsable options; need >= 2")
+        raise RowError(f"'Choices:' block has {len(choices)} parsable options; need >= 2")
     return text[: head.start()].strip(), tuple(choices)
 
 
 def _mathverse_image(root: Path, name: str, max_pixels: int | None) -> bytes:
-    images_dir = (root / "images").resolve()
-    for candidate in (images_dir / name, root / name):
-        candidate = candidate.resolve()
-        # `name` comes from the file: keep it inside the dataset directory.
-        if not candidate.is_relative_to(root.resolve()):
-            raise _RowError(f"image path {name!r} leaves the dataset directory")
+    for relative in (Path("images") / name, Path(name)):
+        candidate = inside(root, relative)
         if candidate.is_file():
-            return _verified_image(candidate.read_bytes(), max_pixels)
-    raise _RowError(f"image {name!r} not found under {images_dir}")
+            return image_file(candidate, max_pixels)
+    raise RowError(f"image {name!r} not found under {(root / 'images').resolve()}")
 
 
 def _mathverse_record(root: Path, item: dict, max_pixels: int | None) -> Record:
     if not isinstance(item, dict):
-        raise _RowError(f"entry is a {type(item).__name__}, not an object")
+        raise RowError(f"entry is a {type(item).__name__}, not an object")
     answer = str(item.get("answer") or "").strip()
-    if _is_missing(answer):
-        raise _RowError("no answer")
+    if is_missing(answer):
+        raise RowError("no answer")
     qtype = item.get("question_type")
     stem, choices = _split_choices(str(item.get("question") or ""))
     if not stem:  # vision-only versions put the whole question in the image
         stem = str(item.get("query_wo") or "").strip()
     if not stem:
-        raise _RowError("empty question and query_wo")
+        raise RowError("empty question and query_wo")
     if qtype == "multi-choice":
-        answer, answer_type = _letter_answer(answer, choices), "choice"
+        answer, answer_type = letter_answer(answer, choices), "choice"
     elif qtype == "free-form":
         choices = ()
-        answer_type = "number" if grading.parse_number(answer) is not None else "text"
+        answer_type = free_answer_type(answer)
     else:
-        raise _RowError(f"unknown question_type {qtype!r}; expected multi-choice/free-form")
+        raise RowError(f"unknown question_type {qtype!r}; expected multi-choice/free-form")
     name = str(item.get("image") or "").strip()
     images = (_mathverse_image(root, name, max_pixels),) if name else ()
     return Record(
@@ -402,15 +290,10 @@ def read_mathverse(
       DatasetFormatError: missing or unparsable file, or (with on_error="raise") a bad
         entry; the message names the file and the entry's ``sample_index``.
     """
-    _check_on_error(on_error)
+    check_on_error(on_error)
     path = Path(path)
     file = path if path.is_file() else path / "testmini.json"
-    if not file.is_file():
-        raise DatasetFormatError(file, None, "no such MathVerse file")
-    try:
-        items = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetFormatError(file, None, f"not valid JSON: {e}") from e
+    items = read_json(file, "MathVerse")
     if not isinstance(items, list):
         raise DatasetFormatError(file, None, f"expected a JSON list, got {type(items).__name__}")
     return _iter_mathverse(file, items, on_error, stats, max_image_pixels)
@@ -425,8 +308,8 @@ def _iter_mathverse(
             row_id = str(item["sample_index"])
         try:
             yield _mathverse_record(file.parent, item, max_pixels)
-        except _RowError as e:
-            _handle(e, file, row_id, on_error, stats)
+        except RowError as e:
+            handle_row_error(e, file, row_id, on_error, stats)
 
 
 # --- Parquet (Hugging Face layouts) --------------------------------------------------------
@@ -473,20 +356,16 @@ def _parquet_rows(file: Path) -> Iterator[dict]:
 def _struct_image(cell, column: str, max_pixels: int | None) -> bytes:
     """The verified bytes of a Hugging Face ``Image`` cell ({"bytes": ..., "path": ...})."""
     if cell is None:
-        raise _RowError(f"no {column}")
+        raise RowError(f"no {column}")
     data = cell.get("bytes") if isinstance(cell, dict) else cell
     if not isinstance(data, bytes) or not data:
-        raise _RowError(f"{column} holds no image bytes")
-    return _verified_image(data, max_pixels)
+        raise RowError(f"{column} holds no image bytes")
+    return verified_image(data, max_pixels)
 
 
 def _text_cell(row: dict, column: str) -> str:
     value = row.get(column)
     return "" if value is None else str(value).strip()
-
-
-def _free_answer_type(answer: str) -> str:
-    return "number" if grading.parse_number(answer) is not None else "text"
 
 
 # --- RealWorldQA -------------------------------------------------------------------------
@@ -520,15 +399,15 @@ def _rwqa_split(text: str) -> tuple[str, tuple[str, ...]]:
 
 def _realworldqa_record(row: dict, row_id: str, max_pixels: int | None) -> Record:
     answer = _text_cell(row, "answer")
-    if _is_missing(answer):
-        raise _RowError("no answer")
+    if is_missing(answer):
+        raise RowError("no answer")
     stem, choices = _rwqa_split(_text_cell(row, "question"))
     if not stem:
-        raise _RowError("empty question")
+        raise RowError("empty question")
     if choices:
-        answer, answer_type = _letter_answer(answer, choices), "choice"
+        answer, answer_type = letter_answer(answer, choices), "choice"
     else:
-        answer_type = _free_answer_type(answer)
+        answer_type = free_answer_type(answer)
     return Record(
         id=f"realworldqa:{row_id}",
         images=(_struct_image(row.get("image"), "image", max_pixels),),
@@ -574,7 +453,7 @@ def read_realworldqa(
       DatasetFormatError: missing or unreadable file, missing columns, or (with
         on_error="raise") a bad row; the message names the file and the row number.
     """
-    _check_on_error(on_error)
+    check_on_error(on_error)
     files = _parquet_files(
         Path(path), ("data/test-*.parquet", "test-*.parquet"), "RealWorldQA parquet"
     )
@@ -593,8 +472,8 @@ def _iter_realworldqa(
             n += 1
             try:
                 yield _realworldqa_record(row, row_id, max_pixels)
-            except _RowError as e:
-                _handle(e, file, row_id, on_error, stats)
+            except RowError as e:
+                handle_row_error(e, file, row_id, on_error, stats)
 
 
 # --- MMMU --------------------------------------------------------------------------------
@@ -608,11 +487,11 @@ def _mmmu_options(cell) -> tuple[str, ...]:
     try:
         options = ast.literal_eval(text)  # literals only: never evaluates code
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
-        raise _RowError(f"options {text[:80]!r} is not a Python list literal") from e
+        raise RowError(f"options {text[:80]!r} is not a Python list literal") from e
     if not isinstance(options, list) or not all(
         isinstance(o, (str, int, float)) and not isinstance(o, bool) for o in options
     ):
-        raise _RowError(f"options {text[:80]!r} is not a list of strings")
+        raise RowError(f"options {text[:80]!r} is not a list of strings")
     return tuple(str(o).strip() for o in options)
 
 
@@ -627,27 +506,27 @@ def _mmmu_images(row: dict, max_pixels: int | None) -> tuple[bytes, ...]:
 def _mmmu_record(row: dict, max_pixels: int | None) -> Record:
     question = _text_cell(row, "question")
     if not question:
-        raise _RowError("empty question")
+        raise RowError("empty question")
     answer = _text_cell(row, "answer")
-    if _is_missing(answer):
-        raise _RowError("no answer")
+    if is_missing(answer):
+        raise RowError("no answer")
     options = _mmmu_options(row.get("options"))
     qtype = _text_cell(row, "question_type")
     if qtype == "multiple-choice":
         if len(options) < 2:
-            raise _RowError(f"multiple-choice question with {len(options)} options")
-        answer, answer_type, choices = _letter_answer(answer, options), "choice", options
+            raise RowError(f"multiple-choice question with {len(options)} options")
+        answer, answer_type, choices = letter_answer(answer, options), "choice", options
     elif qtype == "open":
         if options:
-            raise _RowError(f"open question with options {list(options)}")
-        answer_type, choices = _free_answer_type(answer), ()
+            raise RowError(f"open question with options {list(options)}")
+        answer_type, choices = free_answer_type(answer), ()
     else:
-        raise _RowError(f"unknown question_type {qtype!r}; expected multiple-choice/open")
+        raise RowError(f"unknown question_type {qtype!r}; expected multiple-choice/open")
     images = _mmmu_images(row, max_pixels)
     for text in (question, *choices):
         for k in _IMAGE_PLACEHOLDER_RE.findall(text):
             if not 1 <= int(k) <= len(images):
-                raise _RowError(f"<image {k}> refers to a missing image ({len(images)} given)")
+                raise RowError(f"<image {k}> refers to a missing image ({len(images)} given)")
     return Record(
         id=f"mmmu:{_text_cell(row, 'id')}",
         images=images,
@@ -700,7 +579,7 @@ def read_mmmu(
       DatasetFormatError: missing or unreadable file, missing columns, or (with
         on_error="raise") a bad row; the message names the file and the row's ``id``.
     """
-    _check_on_error(on_error)
+    check_on_error(on_error)
     files = _parquet_files(Path(path), (f"*/{split}-*.parquet",), "MMMU parquet")
     for file in files:
         _check_parquet(file, ("id", "question", "options", "answer", "question_type"))
@@ -713,5 +592,5 @@ def _iter_mmmu(files: list[Path], on_error: str, stats, max_pixels: int | None) 
             row_id = _text_cell(row, "id") or f"#{n + 1}"
             try:
                 yield _mmmu_record(row, max_pixels)
-            except _RowError as e:
-                _handle(e, file, row_id, on_error, stats)
+            except RowError as e:
+                handle_row_error(e, file, row_id, on_error, stats)
