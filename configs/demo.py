@@ -1,4 +1,4 @@
-"""The demo job: multimodal generation with the built-in tiny model on CPU.
+"""The demo job: speculative multimodal reasoning with built-in tiny models on CPU.
 
     python -m dreamr_jax.infer --config=configs/demo.py
 
@@ -15,9 +15,28 @@ from dreamr_jax.config import derive
 # Each variant states only what differs from the base config.
 _VARIANT_CHANGES = {
     # A seconds-long run for tests and CI.
-    "smoke": {"generate.max_new_tokens": 8, "workdir": "runs/demo_smoke"},
+    "smoke": {"spec.max_steps": 3, "spec.max_step_tokens": 8, "workdir": "runs/demo_smoke"},
 }
 VARIANTS = tuple(_VARIANT_CHANGES)
+
+
+def _model(seed: int) -> ml_collections.ConfigDict:
+    m = ml_collections.ConfigDict()
+    m.checkpoint = ""  # Hugging Face Qwen3-VL directory; "" = built-in tiny model
+    m.dtype = "float32"  # parameter and activation dtype (float32 or bfloat16)
+    m.seed = seed  # PRNG seed of the built-in model's random init
+    return m
+
+
+def _mesh() -> ml_collections.ConfigDict:
+    # Mesh axis sizes over data*fsdp*tensor devices starting at first_device; disjoint
+    # device ranges let draft and target run at the same time.
+    m = ml_collections.ConfigDict()
+    m.data = 1
+    m.fsdp = 1
+    m.tensor = 1
+    m.first_device = 0
+    return m
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -26,27 +45,36 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Run directory: resolved config, outputs and checkpoints go here.
     cfg.workdir = "runs/demo"
 
-    cfg.model = ml_collections.ConfigDict()
-    cfg.model.checkpoint = ""  # Hugging Face Qwen3-VL directory; "" = built-in tiny model
-    cfg.model.dtype = "float32"  # parameter and activation dtype (float32 or bfloat16)
-    cfg.model.seed = 0  # PRNG seed of the built-in model's random init
+    cfg.target = _model(seed=0)  # the large model whose answers we want
+    cfg.draft = _model(seed=1)  # the small model that proposes steps
+
+    cfg.spec = ml_collections.ConfigDict()
+    cfg.spec.engine = "fpsr"  # target_only, draft_only, specreason, lookahead or fpsr
+    cfg.spec.window = 4  # K: draft steps verified per round
+    cfg.spec.bonus_step = False  # append a target step after a fully accepted window
+    cfg.spec.overlap = True  # fpsr: draft window w+1 while the target verifies window w
+    cfg.spec.max_step_tokens = 32  # S: cap on one step's tokens
+    cfg.spec.max_steps = 8  # the chain ends after this many steps
+    cfg.spec.delimiter = "\n\n"  # text that ends a step
+    cfg.spec.temperature = 0.0  # 0 is greedy decoding
+    cfg.spec.top_k = 0  # keep the k most likely tokens; 0 keeps all
+    cfg.spec.top_p = 1.0  # nucleus sampling mass in (0, 1]; 1 keeps all
+    cfg.spec.seed = 0  # sampling seed
+    cfg.spec.cache_length = 0  # KV-cache slots per model; 0 sizes it to the request
+
+    cfg.verifier = ml_collections.ConfigDict()
+    cfg.verifier.alpha = 0.7  # α: accept a draft step iff p(yes) / (p(yes) + p(no)) > α
+    cfg.verifier.question = "Is the last step correct? Answer Yes or No."
+    cfg.verifier.positive_words = ("Yes",)
+    cfg.verifier.negative_words = ("No",)
+    cfg.verifier.rule = "cpn"  # cpn (the paper's) or score (SpecReason's 0-9 score)
 
     cfg.prompt = ml_collections.ConfigDict()
     cfg.prompt.question = "How many red squares are in the picture?"
     cfg.prompt.image = ""  # image file; "" = a built-in picture of coloured squares
 
-    cfg.generate = ml_collections.ConfigDict()
-    cfg.generate.max_new_tokens = 32  # tokens generated after the prompt
-    cfg.generate.temperature = 0.0  # 0 is greedy decoding
-    cfg.generate.top_k = 0  # keep the k most likely tokens; 0 keeps all
-    cfg.generate.top_p = 1.0  # nucleus sampling mass in (0, 1]; 1 keeps all
-    cfg.generate.stop_strings = ()  # generation ends after any of these strings
-
-    # Mesh axis sizes; their product must equal the number of devices used.
-    cfg.mesh = ml_collections.ConfigDict()
-    cfg.mesh.data = 1
-    cfg.mesh.fsdp = 1
-    cfg.mesh.tensor = 1
+    cfg.target_mesh = _mesh()
+    cfg.draft_mesh = _mesh()
 
     if not arg:
         return cfg

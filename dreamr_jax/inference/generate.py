@@ -136,7 +136,9 @@ def _prefill(model: Qwen3VL, batch: PromptBatch, cache: KVCache):
     return model.logits(out.logits[:, -1]), out.cache
 
 
-def _stopped(out_bn, step, tok_b, sampling: SamplingConfig):
+def stop_hits(out_bn, step, tok_b, sampling: SamplingConfig):
+    """``[b]`` bool: token ``tok_b`` (written at column ``step`` of ``out_bn``) is a stop
+    token or completes a stop sequence."""
     done = jnp.zeros(tok_b.shape, bool)
     for t in sampling.stop_token_ids:
         done |= tok_b == t
@@ -155,7 +157,7 @@ def _decode(model: Qwen3VL, cache: KVCache, logits_bv, rng, sampling: SamplingCo
     rng, sub = jax.random.split(rng)
     first = sample(logits_bv, sub, sampling)
     out = jnp.full((b, n), sampling.pad_id, jnp.int32).at[:, 0].set(first)
-    done = _stopped(out, 0, first, sampling)
+    done = stop_hits(out, 0, first, sampling)
     lengths = jnp.ones((b,), jnp.int32)
 
     def cond(carry):
@@ -171,7 +173,7 @@ def _decode(model: Qwen3VL, cache: KVCache, logits_bv, rng, sampling: SamplingCo
         tok = jnp.where(done, sampling.pad_id, sample(res.logits[:, 0], sub, sampling))
         out = jax.lax.dynamic_update_index_in_dim(out, tok, step, axis=1)
         lengths = jnp.where(done, lengths, step + 1)
-        done = done | _stopped(out, step, tok, sampling)
+        done = done | stop_hits(out, step, tok, sampling)
         return step + 1, res.cache, out, done, lengths, rng
 
     carry = (jnp.int32(1), cache, out, done, lengths, rng)

@@ -87,6 +87,7 @@ class Qwen3VL(nnx.Module):
         vision: VisionInputs | None = None,
         cache: KVCache | None = None,
         return_hidden: bool = False,
+        chunk_mask_btt=None,
     ):
         """Forward pass on arrays.
 
@@ -98,6 +99,8 @@ class Qwen3VL(nnx.Module):
           cache: optional KV cache; the chunk is written at ``cache.index``.
           return_hidden: return final hidden states ``[b, t, d]`` instead of logits (lets
             callers apply the LM head to a few positions only).
+          chunk_mask_btt: optional ``[b, t, t]`` attention mask within the chunk (default
+            causal); see `TextModel`.
 
         Returns:
           `ModelOutput` with logits (or hidden states) and the updated cache.
@@ -105,7 +108,7 @@ class Qwen3VL(nnx.Module):
         mask = attention_mask_bt.astype(bool)
         x, deepstack = self.embed(input_ids_bt, mask, vision)
         hidden, cache = self.language_model(
-            x, positions_3bt, mask, cache=cache, deepstack=deepstack
+            x, positions_3bt, mask, cache=cache, deepstack=deepstack, chunk_mask_btt=chunk_mask_btt
         )
         return ModelOutput(logits=hidden if return_hidden else self.logits(hidden), cache=cache)
 

@@ -168,6 +168,7 @@ class TextModel(nnx.Module):
         *,
         cache: KVCache | None = None,
         deepstack=None,
+        chunk_mask_btt=None,
     ):
         """Runs the decoder on embeddings.
 
@@ -178,22 +179,32 @@ class TextModel(nnx.Module):
           cache: optional KV cache; the chunk is written at ``cache.index``.
           deepstack: optional ``(visual_mask_bt, [features_btd per DeepStack layer])``,
             added at the visual positions after the first decoder layers.
+          chunk_mask_btt: optional ``[b, t, t]`` bool, which tokens of this chunk each
+            token may attend to (default causal). Packed sequences use it: several
+            branches that share the cached prefix but not each other.
 
         Returns:
           ``(hidden_btd after the final norm, updated cache or None)``.
         """
         b, t, _ = x_btd.shape
         cos, sin = mrope_cos_sin(positions_3bt, self.cfg)
-        causal = jnp.tril(jnp.ones((t, t), bool))
+        if chunk_mask_btt is None:
+            chunk_mask_btt = jnp.tril(jnp.ones((t, t), bool))[None]
         if cache is None:
-            mask = causal[None] & attention_mask_bt[:, None, :]
+            mask = chunk_mask_btt & attention_mask_bt[:, None, :]
             index = None
         else:
             index = cache.index
-            slots = jnp.arange(cache.length)
             slot_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, attention_mask_bt, index, 1)
-            visible = slots[None, :] <= (index + jnp.arange(t))[:, None]  # [t, s]
-            mask = visible[None] & slot_mask[:, None, :]
+            # Slots before the chunk: the cached prefix; the chunk's own slots: chunk mask.
+            # Slots past the chunk hold stale entries (after a rewind) and stay invisible.
+            prefix = jnp.arange(cache.length) < index
+            in_chunk = jax.lax.dynamic_update_slice(
+                jnp.zeros((b, t, cache.length), bool),
+                jnp.broadcast_to(chunk_mask_btt, (b, t, t)),
+                (0, 0, index),
+            )
+            mask = (prefix[None, None, :] | in_chunk) & slot_mask[:, None, :]
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i])
