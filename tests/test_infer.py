@@ -71,7 +71,9 @@ def test_missing_checkpoint_is_named(tmp_path):
 def test_bad_mesh_is_named(tmp_path):
     with pytest.raises(ShardingError, match=r"target mesh \(16, 1, 1\).* only 8 exist"):
         infer.run(_cfg("target_mesh.data=16"), tmp_path)
-    with pytest.raises(ShardingError, match=r"draft mesh \(2, 1, 1\) from device 7.*draft_mesh.first_device"):
+    with pytest.raises(
+        ShardingError, match=r"draft mesh \(2, 1, 1\) from device 7.*draft_mesh.first_device"
+    ):
         infer.run(_cfg("draft_mesh.first_device=7", "draft_mesh.data=2"), tmp_path)
 
 
