@@ -442,3 +442,21 @@ def test_question_longer_than_cache(pair):
     req = eng.request(pair.image, "why? " * 80)
     with pytest.raises(CacheTooShort, match="cache_length"):
         eng.run(req)
+
+
+def test_forced_acceptance_is_shared_by_all_schedules(pair):
+    """The benchmark override: same seeded decisions in every schedule, at about the rate."""
+    runs = {}
+    for engine in SPEC_ENGINES:
+        eng = _engine(pair, engine, max_steps=12)
+        eng.forced_acceptance = 0.5
+        runs[engine] = eng.run(_request(pair))
+    ref = runs["specreason"]
+    for res in runs.values():
+        assert [d.accepted for d in res.decisions] == [d.accepted for d in ref.decisions]
+        assert res.tokens == ref.tokens
+    assert 0 < ref.metrics.accepted < ref.metrics.judged
+    with pytest.raises(ValueError, match="forced_acceptance"):
+        SpecEngine(
+            Role.of(pair.draft), Role.of(pair.target), pair.tok, SpecConfig(), forced_acceptance=1.5
+        )

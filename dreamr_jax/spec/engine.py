@@ -203,9 +203,26 @@ class SpecEngine:
         cfg: SpecConfig,
         verifier: VerifierConfig | None = None,
         image_processor=None,
+        forced_acceptance: float | None = None,
     ):
+        """Builds the engine (no model work).
+
+        Args:
+          draft, target: the two models (the same `Role` twice is allowed).
+          tokenizer: the shared Hugging Face tokenizer.
+          cfg: engine settings; verifier: CPN settings.
+          image_processor: image settings for `request`.
+          forced_acceptance: FOR BENCHMARKS ONLY. Replaces every verifier decision with a
+            seeded coin flip accepting with this probability (the verification pass still
+            runs, so costs are real), to time the schedules at a controlled acceptance rate
+            independent of model quality. The flip depends only on the seed and the chain
+            step index, so every schedule sees the same decisions.
+        """
         self.cfg = cfg.validate()
         self.image_processor = image_processor
+        if forced_acceptance is not None and not 0.0 <= forced_acceptance <= 1.0:
+            raise ValueError(f"forced_acceptance={forced_acceptance} must be in [0, 1].")
+        self.forced_acceptance = forced_acceptance
         self.verifier = (verifier or VerifierConfig()).validate()
         self.draft, self.target, self.tokenizer = draft, target, tokenizer
         check_pair(draft.cfg, target.cfg)
@@ -492,9 +509,14 @@ class _Run:
             if self.done:
                 return i
             step = tuple(tokens[i, :length].tolist())
-            self.decisions.append(Decision(len(self.steps), step, bool(ok[i]), float(p[i])))
-            self.m.count_decision(i, bool(ok[i]))
-            if not ok[i]:
+            accepted = bool(ok[i])
+            rate = self.eng.forced_acceptance
+            if rate is not None:  # benchmark override, see SpecEngine
+                coin = np.random.default_rng([self.eng.cfg.seed, len(self.steps)]).random()
+                accepted = bool(coin < rate)
+            self.decisions.append(Decision(len(self.steps), step, accepted, float(p[i])))
+            self.m.count_decision(i, accepted)
+            if not accepted:
                 return i
             self.emit(Step(list(step), "draft", i + 1, float(p[i])))
         return len(lengths)
