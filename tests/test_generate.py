@@ -582,3 +582,12 @@ def test_generate_accepts_a_split_model(pair):
     whole = generate(pair.model, batch, sampling, rng=key)
     split = generate(nnx.split(pair.model), batch, sampling, rng=key)
     np.testing.assert_array_equal(np.asarray(split.tokens), np.asarray(whole.tokens))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_suppressed_tokens_are_never_sampled(random_logits, temperature):
+    top = np.asarray(jnp.argmax(random_logits, -1))
+    banned = tuple(sorted(set(top.tolist())))  # every row's most likely token
+    cfg = SamplingConfig(temperature=temperature, suppress_token_ids=banned)
+    draws = _draws(random_logits, cfg)
+    assert not np.isin(draws, banned).any()

@@ -27,6 +27,7 @@ from dreamr_jax.models.text import KVCache
 from dreamr_jax.processing.image import ImageProcessorConfig
 from dreamr_jax.processing.tokenizer import byte_tokenizer
 from dreamr_jax.spec import Role, SpecConfig, SpecEngine, SpecSetupError, VerifierConfig, core
+from dreamr_jax.spec.roles import builtin_config
 from dreamr_jax.spec.verify import cpn_probability, verdict_tokens
 
 S, K, STEPS = 6, 3, 6
@@ -119,21 +120,10 @@ class Pair:
     delimiter: str
 
 
-def _model_config(tok):
-    ids = tok.convert_tokens_to_ids
-    return dataclasses.replace(
-        mc.tiny_config(vocab_size=-(-len(tok) // 64) * 64),
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-    ).validate()
-
-
 @pytest.fixture(scope="module")
 def pair() -> Pair:
     tok = byte_tokenizer()
-    cfg = _model_config(tok)
+    cfg = builtin_config(tok)
     v = cfg.vision
     side = v.patch_size * v.spatial_merge_size
     ipc = ImageProcessorConfig(

@@ -21,6 +21,8 @@ class SamplingConfig:
       stop_sequences: a row stops after emitting any of these token-id sequences (stop
         strings, tokenised); `truncate_at_stop` also cuts the decoded text.
       pad_id: written after a row has stopped.
+      suppress_token_ids: never sampled (e.g. image placeholders, which would be read as
+        an image in any later pass over the text).
     """
 
     max_new_tokens: int = 32
@@ -30,6 +32,7 @@ class SamplingConfig:
     stop_token_ids: tuple[int, ...] = ()
     stop_sequences: tuple[tuple[int, ...], ...] = ()
     pad_id: int = 0
+    suppress_token_ids: tuple[int, ...] = ()
 
     def validate(self) -> SamplingConfig:
         if self.max_new_tokens < 1:
@@ -56,10 +59,13 @@ def sample(logits_bv: jax.Array, rng: jax.Array, cfg: SamplingConfig) -> jax.Arr
     Returns:
       ``[b]`` int32 token ids.
     """
+    neg = jnp.finfo(jnp.float32).min
+    if cfg.suppress_token_ids:
+        ids = jnp.asarray(cfg.suppress_token_ids, jnp.int32)
+        logits_bv = logits_bv.astype(jnp.float32).at[:, ids].set(neg)
     if cfg.temperature == 0.0:
         return jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
     logits = logits_bv.astype(jnp.float32) / cfg.temperature
-    neg = jnp.finfo(jnp.float32).min
     if cfg.top_k > 0 and cfg.top_k < logits.shape[-1]:
         kth = jax.lax.top_k(logits, cfg.top_k)[0][:, -1:]
         logits = jnp.where(logits < kth, neg, logits)

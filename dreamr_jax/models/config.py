@@ -190,6 +190,17 @@ class ModelConfig:
     vision_start_token_id: int = 151652
     vision_end_token_id: int = 151653
 
+    @property
+    def vision_token_ids(self) -> tuple[int, ...]:
+        """Image/video placeholder and delimiter ids: generated text must never contain
+        them (any later pass over the text would read them as an image)."""
+        return (
+            self.image_token_id,
+            self.video_token_id,
+            self.vision_start_token_id,
+            self.vision_end_token_id,
+        )
+
     def validate(self) -> ModelConfig:
         self.text.validate()
         self.vision.validate()

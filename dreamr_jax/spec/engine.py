@@ -238,6 +238,7 @@ class SpecEngine:
             top_p=cfg.top_p,
             stop_sequences=delimiter_token_sequences(tokenizer, step_cfg),
             pad_id=self.pad_id,
+            suppress_token_ids=target.cfg.vision_token_ids,
         ).validate()
         self.dec = core.StepDecode(cfg.max_step_tokens, sampling)
         vocab = target.cfg.text.vocab_size

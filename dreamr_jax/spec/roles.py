@@ -101,6 +101,21 @@ class MeshSection:
         return make_mesh(shape, devices[self.first_device : end])
 
 
+def builtin_config(tokenizer, role: str = "target", **sizes) -> model_config.ModelConfig:
+    """The tiny Qwen3-VL config of a built-in ``role`` for ``tokenizer`` (its special ids;
+    vocabulary padded to a multiple of 64, as Qwen does, so it shards over any mesh)."""
+    ids = tokenizer.convert_tokens_to_ids
+    return dataclasses.replace(
+        model_config.tiny_config(
+            vocab_size=-(-len(tokenizer) // 64) * 64, **{**BUILTIN_SIZES[role], **sizes}
+        ),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    ).validate()
+
+
 def builtin_checkpoint(path: Path, role: str = "target", *, seed: int, dtype) -> Path:
     """Writes a tiny random model of ``role``, its byte tokenizer and image settings (once).
 
@@ -109,16 +124,7 @@ def builtin_checkpoint(path: Path, role: str = "target", *, seed: int, dtype) ->
     """
     if (path / "config.json").is_file():
         return path
-    tok = save_byte_tokenizer(path)
-    ids = tok.convert_tokens_to_ids
-    # Pad the vocabulary to a multiple of 64, as Qwen does, so it shards over any mesh.
-    cfg = dataclasses.replace(
-        model_config.tiny_config(vocab_size=-(-len(tok) // 64) * 64, **BUILTIN_SIZES[role]),
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-    ).validate()
+    cfg = builtin_config(save_byte_tokenizer(path), role)
     v = cfg.vision
     side = v.patch_size * v.spatial_merge_size
     processor = {
