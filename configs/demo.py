@@ -1,7 +1,7 @@
 """The demo job: speculative multimodal reasoning with built-in tiny models on CPU.
 
     python -m dreamr_jax.infer --config=configs/demo.py
-
+    python -m dreamr_jax.eval --config=configs/demo.py
 
 Run as ``--config=configs/demo.py`` or ``--config=configs/demo.py:smoke`` and override any
 field with ``--config.section.field=value``. Each section is validated by its stage's typed
@@ -15,7 +15,13 @@ from dreamr_jax.config import derive
 # Each variant states only what differs from the base config.
 _VARIANT_CHANGES = {
     # A seconds-long run for tests and CI.
-    "smoke": {"spec.max_steps": 3, "spec.max_step_tokens": 8, "workdir": "runs/demo_smoke"},
+    "smoke": {
+        "spec.max_steps": 3,
+        "spec.max_step_tokens": 8,
+        "eval.num_examples": 2,
+        "eval.alphas": (0.0, 1.0),
+        "workdir": "runs/demo_smoke",
+    },
 }
 VARIANTS = tuple(_VARIANT_CHANGES)
 
@@ -75,6 +81,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     cfg.target_mesh = _mesh()
     cfg.draft_mesh = _mesh()
+
+    # python -m dreamr_jax.eval: engines over a dataset split (infer ignores this section).
+    cfg.eval = ml_collections.ConfigDict()
+    cfg.eval.dataset = "synthetic"  # synthetic, or an importer: mmbench, mathverse, ...
+    cfg.eval.split = ""  # "" = the dataset's default split (synthetic: test)
+    cfg.eval.num_examples = 8  # N: the split's first N examples
+    cfg.eval.data_dir = ""  # TFDS data dir; "" = WORKDIR/data (synthetic is built there)
+    cfg.eval.source_dir = ""  # raw files of an imported dataset, built into data_dir once
+    cfg.eval.data_seed = 0  # synthetic dataset seed
+    cfg.eval.image_size = 64  # synthetic image side in pixels (64..224)
+    cfg.eval.engines = ("target_only", "draft_only", "specreason", "lookahead", "fpsr")
+    cfg.eval.alphas = (0.5, 0.7, 0.9)  # α per speculative run; baselines run once
+    cfg.eval.warmup = 1  # untimed passes over every input shape first: keeps compile out
+    cfg.eval.plots = True  # write the PNG plots
 
     if not arg:
         return cfg

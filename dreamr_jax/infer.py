@@ -134,20 +134,15 @@ def run(cfg: InferConfig, workdir: str | os.PathLike, *, printer=None) -> dict:
     return out
 
 
-_CONFIG = config_lib.define_config_flag()
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: the config's workdir).")
-_IMAGE = flags.DEFINE_string("image", None, "Image file (overrides prompt.image).")
-_QUESTION = flags.DEFINE_string("question", None, "Question (overrides prompt.question).")
-
-
-def main(argv):
+def main(argv, flag_values: dict) -> None:
+    """Answers the configured question from parsed flags, printing steps as they come."""
     del argv
-    raw = _CONFIG.value
-    if _IMAGE.value is not None:
-        raw.prompt.image = _IMAGE.value
-    if _QUESTION.value is not None:
-        raw.prompt.question = _QUESTION.value
-    workdir = _WORKDIR.value or raw.get("workdir") or "runs/infer"
+    raw = flag_values["config"].value
+    if flag_values["image"].value is not None:
+        raw.prompt.image = flag_values["image"].value
+    if flag_values["question"].value is not None:
+        raw.prompt.question = flag_values["question"].value
+    workdir = flag_values["workdir"].value or raw.get("workdir") or "runs/infer"
     cfg = config_lib.to_dataclass(InferConfig, {k: raw[k] for k in SECTIONS if k in raw})
     config_lib.write_resolved(raw, workdir, spec=config_lib.flag_spec())
     print(f"question: {cfg.prompt.question}")
@@ -162,5 +157,18 @@ def main(argv):
     print(f"wrote {Path(workdir) / 'generation.json'}", file=sys.stdout)
 
 
+def _cli() -> None:
+    # Flags are defined here, not at import, so entry points can be imported side by side.
+    flag_values = {
+        "config": config_lib.define_config_flag(),
+        "workdir": flags.DEFINE_string(
+            "workdir", None, "Run directory (default: the config's workdir)."
+        ),
+        "image": flags.DEFINE_string("image", None, "Image file (overrides prompt.image)."),
+        "question": flags.DEFINE_string("question", None, "Question (overrides prompt.question)."),
+    }
+    app.run(lambda argv: main(argv, flag_values))
+
+
 if __name__ == "__main__":
-    app.run(main)
+    _cli()

@@ -417,8 +417,8 @@ class _Run:
         head = self.head(name)
         while not self.done:
             out, cache = self.write(name, head)
-            n = int(out.lengths[0])
-            tokens = np.asarray(out.tokens[0, :n]).tolist()
+            n = int(np.asarray(out.lengths)[0])
+            tokens = np.asarray(out.tokens)[0, :n].tolist()
             head = _Head(cache, out.logits, head.index + n, head.pos + n)
             if name == "target":
                 self.m.target_tokens += n
@@ -490,7 +490,9 @@ class _Run:
                     )
                 )
                 if overlap:  # the speculative window assumed a different prefix
-                    self.m.draft_tokens += int(sum(int(o.lengths[0]) for o in pending[0]))
+                    self.m.draft_tokens += int(
+                        sum(int(np.asarray(o.lengths)[0]) for o in pending[0])
+                    )
                     d_cache = pending[1]
                 draft = self.draft_append(d_cache, d_index, d_pos, step)
                 pending = self.draft_window(draft, k)
@@ -547,17 +549,18 @@ class _Run:
         if rows is not None:
             out, cache = rows
             cache = core.take_row(cache, a)
-            n = int(out.lengths[a])
-            self.m.target_passes += int(jnp.max(out.lengths))
-            self.m.target_tokens += int(jnp.sum(out.lengths))
-            tokens = np.asarray(out.tokens[a, :n]).tolist()
+            lengths = np.asarray(out.lengths)
+            n = int(lengths[a])
+            self.m.target_passes += int(lengths.max())
+            self.m.target_tokens += int(lengths.sum())
+            tokens = np.asarray(out.tokens)[a, :n].tolist()
             index = int(cache.index)
             return tokens, _Head(cache, out.logits[a : a + 1], index, target.pos + n)
         out, cache = self.write("target", target)
-        n = int(out.lengths[0])
+        n = int(np.asarray(out.lengths)[0])
         self.m.target_passes += n
         self.m.target_tokens += n
-        tokens = np.asarray(out.tokens[0, :n]).tolist()
+        tokens = np.asarray(out.tokens)[0, :n].tolist()
         return tokens, _Head(cache, out.logits, target.index + n, target.pos + n)
 
     def draft_append(self, d_cache, index: int, pos: int, tokens: list[int]) -> _Head:

@@ -24,6 +24,10 @@ PLOTS = ("speedup_vs_alpha.png", "accuracy_vs_alpha.png", "acceptance_by_positio
 # Every file an evaluation writes; a new run moves an older run's set aside as a whole.
 OUTPUTS = ("requests.jsonl", "summary.json", *PLOTS)
 ARCHIVE = "old"
+_BASELINE_STYLE = {
+    "target_only": {"color": "black", "linestyle": "--"},
+    "draft_only": {"color": "gray", "linestyle": ":"},
+}
 
 
 # ------------------------------------------------------------------------------ files
@@ -109,7 +113,7 @@ def table(results: Sequence[Mapping]) -> str:
     rows = [
         (
             r["engine"],
-            "-" if r["alpha"] is None else f"{r['alpha']:g}",
+            "-" if r["alpha"] is None else f"{r['alpha']:.2f}",
             _pct(r["accuracy"]),
             _pct(r["acceptance_rate"]),
             "-" if r["speedup"] is None else f"{r['speedup']:.2f}x",
@@ -117,9 +121,11 @@ def table(results: Sequence[Mapping]) -> str:
         for r in results
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    head = "  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True))
-    return "\n".join([head, "-" * len(head), *lines]).rstrip()
+    head, *lines = (
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+    return "\n".join([head, "-" * len(head), *lines])
 
 
 def headline(summary: Mapping) -> dict:
@@ -158,17 +164,22 @@ def _by_engine(results: Sequence[Mapping]) -> dict[str, list[Mapping]]:
     return {e: sorted(rs, key=lambda r: r["alpha"]) for e, rs in out.items()}
 
 
-def _versus_alpha(results: Sequence[Mapping], key: str, ylabel: str, title: str) -> bytes:
+def _versus_alpha(
+    results: Sequence[Mapping], key: str, ylabel: str, title: str, rate: bool = False
+) -> bytes:
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.add_subplot()
     for engine, rs in _by_engine(results).items():
         ax.plot([r["alpha"] for r in rs], [_nan(r[key]) for r in rs], marker="o", label=engine)
     for r in results:  # baselines ignore α: a horizontal reference line each
         if r["engine"] in BASELINES and r[key] is not None:
-            ax.axhline(r[key], linestyle="--", linewidth=1, label=r["engine"], color="gray")
+            style = _BASELINE_STYLE[r["engine"]]
+            ax.axhline(r[key], linewidth=1, label=r["engine"], **style)
     ax.set_xlabel("threshold α")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
+    if rate:
+        ax.set_ylim(-0.05, 1.05)
     ax.grid(alpha=0.3)
     if ax.has_data():
         ax.legend(fontsize="small")
@@ -187,6 +198,7 @@ def _acceptance_by_position(results: Sequence[Mapping]) -> bytes:
             ys = [_nan(y) for y in r["acceptance_by_position"]]
             ax.plot(range(1, len(ys) + 1), ys, marker="o", label=f"α={r['alpha']:g}")
         ax.set_title(engine)
+        ax.set_xticks(range(1, max(len(r["acceptance_by_position"]) for r in rs) + 1))
         ax.set_xlabel("window position k")
         ax.set_ylim(-0.05, 1.05)
         ax.grid(alpha=0.3)
@@ -201,6 +213,8 @@ def plots(results: Sequence[Mapping]) -> dict[str, bytes]:
         "speedup_vs_alpha.png": _versus_alpha(
             results, "speedup", "speedup over target_only", "Wall-clock speedup"
         ),
-        "accuracy_vs_alpha.png": _versus_alpha(results, "accuracy", "accuracy", "Accuracy"),
+        "accuracy_vs_alpha.png": _versus_alpha(
+            results, "accuracy", "accuracy", "Accuracy", rate=True
+        ),
         "acceptance_by_position.png": _acceptance_by_position(results),
     }
