@@ -1,7 +1,15 @@
-"""The demo job: speculative multimodal reasoning with built-in tiny models on CPU.
+"""The demo: DREAM-R end to end on a CPU, with small models trained from scratch.
 
-    python -m dreamr_jax.infer --config=configs/demo.py
-    python -m dreamr_jax.eval --config=configs/demo.py
+    python -m dreamr_jax.train --config=configs/demo.py     # data, SFT, SAPO, export, eval
+    python -m dreamr_jax.infer --config=configs/demo.py     # one question, step by step
+    python -m dreamr_jax.eval --config=configs/demo.py      # engines over a split
+
+``train`` generates the synthetic visual-reasoning set, trains a small target and a much
+smaller draft on its reference chains, runs SAPO on the draft against the target, exports
+all three models in Hugging Face format and evaluates every engine with the SFT and the
+SAPO draft, writing ``WORKDIR/report.md``. ``infer`` and ``eval`` use the ``target`` /
+``draft`` checkpoints given (the exported ones after training: ``WORKDIR/export/...``), or
+tiny random models when none is given.
 
 Run as ``--config=configs/demo.py`` or ``--config=configs/demo.py:smoke`` and override any
 field with ``--config.section.field=value``. Each section is validated by its stage's typed
@@ -20,6 +28,26 @@ _VARIANT_CHANGES = {
         "spec.max_step_tokens": 8,
         "eval.num_examples": 2,
         "eval.alphas": (0.0, 1.0),
+        "data.train_size": 64,
+        "data.validation_size": 4,
+        "data.test_size": 4,
+        "data.tokenizer_examples": 200,
+        "sft_target.steps": 4,
+        "sft_target.batch_size": 4,
+        "sft_target.optim.total_steps": 4,
+        "sft_target.optim.warmup_steps": 1,
+        "sft_target.checkpoint.every_steps": 2,
+        "sft_draft.steps": 2,
+        "sft_draft.batch_size": 4,
+        "sft_draft.optim.total_steps": 2,
+        "sft_draft.optim.warmup_steps": 1,
+        "sapo.steps": 2,
+        "sapo.prompts_per_step": 2,
+        "sapo.rollout.group_size": 2,
+        "sapo.rollout.max_new_tokens": 16,
+        "sapo.optim.total_steps": 2,
+        "sapo.optim.warmup_steps": 1,
+        "sapo.checkpoint.every_steps": 1,
         "workdir": "runs/demo_smoke",
     },
 }
@@ -45,6 +73,110 @@ def _mesh() -> ml_collections.ConfigDict:
     return m
 
 
+def _synthetic() -> ml_collections.ConfigDict:
+    d = ml_collections.ConfigDict()
+    d.image_size = 64  # image side in pixels (64..224); not resized: one patch grid
+    d.seed = 0  # with split and index it fixes every example
+    d.families = ("count", "bars", "digits", "position")  # task families drawn
+    d.max_objects = 6  # most shapes in count / position images (4..16)
+    d.min_difficulty = 1  # difficulty levels drawn, 1..3
+    d.max_difficulty = 1
+    return d
+
+
+def _text_model(hidden: int, layers: int, heads: int, kv_heads: int, seed: int):
+    m = ml_collections.ConfigDict()
+    m.hidden_size = hidden
+    m.num_layers = layers
+    m.num_heads = heads
+    m.num_kv_heads = kv_heads
+    m.head_dim = 32
+    m.intermediate_size = 3 * hidden
+    m.vision_depth = 2  # vision tower blocks
+    m.vision_hidden = 64
+    m.vision_heads = 2
+    m.dtype = "float32"
+    m.seed = seed  # initialisation seed
+    return m
+
+
+def _optim(lr: float, warmup: int, total: int) -> ml_collections.ConfigDict:
+    o = ml_collections.ConfigDict()
+    o.learning_rate = lr  # peak η after warmup
+    o.warmup_steps = warmup
+    o.total_steps = total  # cosine decay reaches min_lr_ratio * η here
+    o.min_lr_ratio = 0.05
+    o.weight_decay = 0.01
+    o.b1 = 0.9
+    o.b2 = 0.95
+    o.eps = 1e-8
+    o.grad_clip_norm = 1.0
+    return o
+
+
+def _checkpoint(every: int) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.every_steps = every  # save period (the final step is always saved)
+    c.keep = 2  # newest checkpoints kept
+    c.async_save = True
+    return c
+
+
+def _sft(steps: int, lr: float, batch: int) -> ml_collections.ConfigDict:
+    t = ml_collections.ConfigDict()
+    t.steps = steps
+    t.batch_size = batch
+    t.seq_len = 128  # static row length: prompt (image tokens included) + chain
+    t.patches_per_row = 64  # set from the image size by train
+    t.micro_batches = 1
+    t.seed = 0
+    t.optim = _optim(lr, warmup=min(20, steps // 5), total=steps)
+    t.checkpoint = _checkpoint(every=max(1, steps // 4))
+    return t
+
+
+def _sapo(steps: int) -> ml_collections.ConfigDict:
+    r = ml_collections.ConfigDict()
+    r.steps = steps
+    r.prompts_per_step = 4  # P; the batch is P * G rollouts
+    r.rollout = ml_collections.ConfigDict()
+    r.rollout.group_size = 4  # G
+    r.rollout.max_new_tokens = 64
+    r.rollout.temperature = 1.0
+    r.rollout.top_k = 0
+    r.rollout.top_p = 1.0
+    r.rollout.max_step_tokens = 32
+    r.rollout.delimiter = "\n\n"
+    r.rollout.max_scored_steps = 6  # K steps per rollout the target scores
+    r.reward = ml_collections.ConfigDict()
+    r.reward.w_outcome = 1.0  # w1
+    r.reward.w_draft = 1.0  # w2
+    r.reward.w_length = 1.0  # w3
+    r.reward.length_free = 48  # no length penalty up to this many tokens
+    r.reward.length_max = 64  # penalty -1 from here
+    r.verifier = _verifier()
+    r.clip_eps = 0.2  # ε
+    r.kl_beta = 0.04  # β
+    r.micro_batches = 1
+    r.patches_per_row = 64
+    r.seed = 0
+    r.optim = _optim(3e-4, warmup=2, total=steps)
+    r.checkpoint = _checkpoint(every=max(1, steps // 4))
+    return r
+
+
+def _verifier() -> ml_collections.ConfigDict:
+    v = ml_collections.ConfigDict()
+    v.alpha = 0.7  # α: accept a draft step iff p(yes) / (p(yes) + p(no)) > α
+    v.question = "Is the last step correct? Answer Yes or No."
+    v.positive_words = ("Yes",)
+    v.negative_words = ("No",)
+    v.rule = "cpn"  # cpn (the paper's) or score (SpecReason's 0-9 score)
+    v.score_question = "Rate the last step from 0 (wrong) to 9 (certainly correct)."
+    v.score_threshold = 7
+    return v
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Returns the base config, or the variant named by ``arg`` (one of `VARIANTS`)."""
     cfg = ml_collections.ConfigDict()
@@ -68,12 +200,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.spec.seed = 0  # sampling seed
     cfg.spec.cache_length = 0  # KV-cache slots per model; 0 sizes it to the request
 
-    cfg.verifier = ml_collections.ConfigDict()
-    cfg.verifier.alpha = 0.7  # α: accept a draft step iff p(yes) / (p(yes) + p(no)) > α
-    cfg.verifier.question = "Is the last step correct? Answer Yes or No."
-    cfg.verifier.positive_words = ("Yes",)
-    cfg.verifier.negative_words = ("No",)
-    cfg.verifier.rule = "cpn"  # cpn (the paper's) or score (SpecReason's 0-9 score)
+    cfg.verifier = _verifier()
 
     cfg.prompt = ml_collections.ConfigDict()
     cfg.prompt.question = "How many red squares are in the picture?"
@@ -89,12 +216,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.eval.num_examples = 8  # N: the split's first N examples
     cfg.eval.data_dir = ""  # TFDS data dir; "" = WORKDIR/data (synthetic is built there)
     cfg.eval.source_dir = ""  # raw files of an imported dataset, built into data_dir once
-    cfg.eval.data_seed = 0  # synthetic dataset seed
-    cfg.eval.image_size = 64  # synthetic image side in pixels (64..224)
+    cfg.eval.synthetic = _synthetic()  # the synthetic set's generator settings
     cfg.eval.engines = ("target_only", "draft_only", "specreason", "lookahead", "fpsr")
     cfg.eval.alphas = (0.5, 0.7, 0.9)  # α per speculative run; baselines run once
     cfg.eval.warmup = 1  # untimed passes over every input shape first: keeps compile out
     cfg.eval.plots = True  # write the PNG plots
+
+    # python -m dreamr_jax.train: the stages, the data and the two models trained from scratch.
+    cfg.stages = ("data", "sft_target", "sft_draft", "sapo", "export", "eval")
+    cfg.data = ml_collections.ConfigDict()
+    cfg.data.synthetic = _synthetic()
+    cfg.data.train_size = 8000
+    cfg.data.validation_size = 64  # held-out prompts of SAPO's before/after check
+    cfg.data.test_size = 64
+    cfg.data.tokenizer_vocab = 512  # BPE vocabulary trained on the synthetic corpus
+    cfg.data.tokenizer_examples = 2000
+    cfg.target_model = _text_model(hidden=128, layers=4, heads=4, kv_heads=2, seed=0)
+    cfg.draft_model = _text_model(hidden=64, layers=1, heads=2, kv_heads=1, seed=1)
+    cfg.sft_target = _sft(steps=600, lr=3e-3, batch=16)
+    cfg.sft_draft = _sft(steps=300, lr=3e-3, batch=16)
+    cfg.sapo = _sapo(steps=20)
 
     if not arg:
         return cfg

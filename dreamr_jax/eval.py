@@ -65,8 +65,8 @@ class EvalSection:
         built there when missing, an imported one from ``source_dir``.
       source_dir: imported datasets: the raw files in their published layout, built into
         ``data_dir`` once (not needed when the split is already built there).
-      data_seed: synthetic dataset seed (with the split and index it fixes each example).
-      image_size: synthetic image side in pixels, 64..224.
+      synthetic: the synthetic generator's settings (seed, image size, families,
+        difficulty); a training run evaluates with its own.
       engines: engines to run (of `ENGINES`); ``target_only`` is always run, first,
         because every speedup is measured against it in the same run.
       alphas: α values; each speculative engine runs once per α, the baselines once.
@@ -83,8 +83,7 @@ class EvalSection:
     num_examples: int = 8
     data_dir: str = ""
     source_dir: str = ""
-    data_seed: int = 0
-    image_size: int = 64
+    synthetic: synthetic.SyntheticConfig = synthetic.SyntheticConfig(image_size=64)
     engines: tuple[str, ...] = ENGINES
     alphas: tuple[float, ...] = (0.7,)
     warmup: int = 1
@@ -112,8 +111,7 @@ class EvalSection:
         )
         require(len(set(self.alphas)) == len(self.alphas), "alphas", self.alphas, "has repeats")
         require(self.warmup >= 0, "warmup", self.warmup, "must be >= 0")
-        require(self.data_seed >= 0, "data_seed", self.data_seed, "must be >= 0")
-        require(64 <= self.image_size <= 224, "image_size", self.image_size, "must be in 64..224")
+        self.synthetic.validate()
         return self
 
     def splits(self) -> tuple[str, ...]:
@@ -197,7 +195,7 @@ def load_items(sec: EvalSection, workdir: str | os.PathLike) -> tuple[list[Item]
 
 
 def _synthetic_items(sec: EvalSection, data_dir: Path) -> list[Item]:
-    cfg = synthetic.SyntheticConfig(image_size=sec.image_size, seed=sec.data_seed)
+    cfg = sec.synthetic
     sizes = {sec.split_name: sec.num_examples}  # example i never depends on the sizes
     synthetic_tfds.build(str(data_dir), cfg, sizes)
     src = synthetic_tfds.load(str(data_dir), cfg, sec.split_name, sizes)

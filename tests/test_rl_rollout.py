@@ -23,6 +23,7 @@ from dreamr_jax.rl.rollout import (
 from dreamr_jax.rl.scoring import score_rollouts
 from dreamr_jax.spec.roles import builtin_config
 from dreamr_jax.spec.verify import VerifierConfig, cpn_probability, verdict_tokens
+from dreamr_jax.training.objectives import forward_logits, prepare_batch
 
 TOK = byte_tokenizer()
 CFG = builtin_config(TOK)
@@ -104,15 +105,11 @@ def test_training_batch_aligns_with_generation(models):
     draft, _ = models
     cfg = RolloutConfig(**{**RCFG.__dict__, "temperature": 0.0, "group_size": 1})
     out = sample_rollouts(draft, _prompts(), cfg, TOK, jax.random.key(0), eos_ids=EOS)
-    batch = training_batch(CFG, out)
-    logits = draft.forward(
-        jnp.asarray(batch["input_ids"]),
-        jnp.asarray(batch["positions"]),
-        jnp.asarray(batch["attention_mask"]),
-        vision=batch["vision"],
-    ).logits
+    raw = training_batch(CFG, out)
+    batch = prepare_batch(raw, CFG, patches_per_row=64)
+    logits = forward_logits(draft, jax.tree.map(jnp.asarray, batch))
     pred = np.asarray(jnp.argmax(logits, -1))
-    comp = batch["completion_mask"].astype(bool)
+    comp = batch["mask"].astype(bool)
     for r in range(comp.shape[0]):
         cols = np.flatnonzero(comp[r])
         assert len(cols) == out.lengths[r]

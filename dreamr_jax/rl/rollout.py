@@ -20,7 +20,6 @@ from dreamr_jax.data.steps import StepConfig, step_boundaries
 from dreamr_jax.inference.generate import PromptBatch, bucket, generate, make_batch
 from dreamr_jax.inference.sampling import SamplingConfig
 from dreamr_jax.models.positions import rope_index
-from dreamr_jax.models.vision import vision_inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,14 +172,15 @@ def sample_rollouts(
 
 
 def training_batch(model_cfg, rollouts: Rollouts, *, pad_id: int = 0) -> dict:
-    """Prompt + completion rows for the loss: ``[rows, Tp + n]`` with the prompt left-padded
-    to a bucket and the completion right-padded to ``n``.
+    """Prompt + completion rows for the loss, in `data.pipeline.collate`'s layout (feed it
+    to `training.objectives.prepare_batch`): ``[rows, Tp + n]`` with the prompt
+    left-padded to a bucket and the completion right-padded to ``n``.
 
     Returns:
-      dict with ``input_ids``, ``attention_mask``, ``positions [3, rows, T]``, ``vision``
-      (`VisionInputs`), and ``completion_mask [rows, T]`` (1 on completion tokens: the
-      tokens whose log-probabilities SAPO trains; the logit predicting token ``t`` sits at
-      ``t - 1``).
+      dict with ``input_ids``, ``attention_mask``, ``positions [3, rows, T]``,
+      ``pixel_values`` (every row's image, concatenated), ``image_grid_thw [rows, 3]`` and
+      ``mask [rows, T]`` (1 on completion tokens: the tokens SAPO trains; column ``t`` is
+      about ``input_ids[:, t]`` as predicted from the tokens before it).
     """
     prompts = rollouts.prompts
     rows, n = rollouts.tokens.shape
@@ -196,16 +196,14 @@ def training_batch(model_cfg, rollouts: Rollouts, *, pad_id: int = 0) -> dict:
         mask[r, tp : tp + m] = 1
         completion[r, tp : tp + m] = 1
     grid = np.concatenate(prompts.image_grid_thw)
+    if grid.shape[0] != rows:
+        raise ValueError(f"training batches need one image per prompt; got {grid.shape[0]}.")
     positions, _ = rope_index(ids, grid, mask, model_cfg)
-    pixels = np.concatenate(prompts.pixel_values)
-    unit = model_cfg.vision.spatial_merge_size**2
-    vision = vision_inputs(
-        pixels, grid, model_cfg.vision, pad_to=max(unit, bucket(pixels.shape[0], minimum=unit))
-    )
     return {
         "input_ids": ids,
         "attention_mask": mask,
         "positions": positions.astype(np.int32),
-        "vision": vision,
-        "completion_mask": completion,
+        "pixel_values": np.concatenate(prompts.pixel_values),
+        "image_grid_thw": grid.astype(np.int32),
+        "mask": completion,
     }

@@ -29,9 +29,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx, struct
+from flax import struct
 
-from dreamr_jax.inference.generate import stop_hits
+from dreamr_jax.inference.generate import merge, stop_hits
 from dreamr_jax.inference.sampling import SamplingConfig, sample
 from dreamr_jax.models.text import KVCache
 from dreamr_jax.spec.verify import VerdictTokens, VerifierConfig, decide
@@ -127,7 +127,7 @@ def write_step(graphdef, state, cache, logits_bv, rng, active_b, tables, *, dec:
     Returns:
       ``(StepOutput, cache)``; the write head advances by the longest step.
     """
-    model = nnx.merge(graphdef, state)
+    model = merge(graphdef, state)
     return _write_step(model, cache, logits_bv, rng, active_b, tables, dec)
 
 
@@ -143,7 +143,7 @@ def append_chunk(graphdef, state, cache: KVCache, tokens_bs, lengths_b):
     Returns:
       ``(logits [b, v] after each row's last written token, cache)``.
     """
-    model = nnx.merge(graphdef, state)
+    model = merge(graphdef, state)
     b, s = tokens_bs.shape
     real = jnp.arange(s)[None, :] < lengths_b[:, None]
     pos = jnp.broadcast_to((cache.next_pos[:, None] + jnp.arange(s))[None], (3, b, s))
@@ -221,7 +221,7 @@ def verify_window(
       prefix of them). The engine verifies one request (``b = 1``); SAPO scoring verifies
       every step of a batch of rollouts at once.
     """
-    model = nnx.merge(graphdef, state)
+    model = merge(graphdef, state)
     b, k_len, s = tokens_bks.shape
     n_v = len(verdict.suffix)
     real, offset, mask = jax.vmap(window_layout, in_axes=(0, None, None))(lengths_bk, n_v, s)

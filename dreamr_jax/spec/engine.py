@@ -37,7 +37,13 @@ from flax import nnx
 
 from dreamr_jax.config import require
 from dreamr_jax.data.steps import StepConfig, delimiter_token_sequences
-from dreamr_jax.inference.generate import CacheTooShort, bucket, make_batch, prefill
+from dreamr_jax.inference.generate import (
+    CacheTooShort,
+    StaticGraph,
+    bucket,
+    make_batch,
+    prefill,
+)
 from dreamr_jax.inference.sampling import SamplingConfig
 from dreamr_jax.models.text import KVCache
 from dreamr_jax.processing import build_prompt, preprocess_images
@@ -110,7 +116,7 @@ class Role:
     """One model of the pair: split once, optionally pinned to its own devices.
 
     Attributes:
-      graphdef, state: ``nnx.split(model)``.
+      graphdef, state: ``nnx.split(model)`` (the graphdef as a `StaticGraph`, hashed once).
       cfg: the model's `ModelConfig`.
       sharding: where this role's small inputs go (replicated on its mesh), or None for
         the default device.
@@ -126,7 +132,7 @@ class Role:
     def of(cls, model, mesh: jax.sharding.Mesh | None = None) -> Role:
         graphdef, state = nnx.split(model)
         sharding = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.P())
-        return cls(graphdef, state, model.cfg, model.dtype, sharding)
+        return cls(StaticGraph(graphdef), state, model.cfg, model.dtype, sharding)
 
     def put(self, tree):
         return tree if self.sharding is None else jax.device_put(tree, self.sharding)
@@ -465,9 +471,8 @@ class _Run:
                 rows = self.target_rows(t_cache, target, lengths_k, step_logits, bonus)
             if overlap:  # window w+1 assuming full acceptance, dispatched before syncing
                 pending = self.draft_window(_Head(d_cache, outs[-1].logits, 0, 0), k)
-            lengths = np.asarray(lengths_k).tolist()
-            tokens = np.asarray(tokens_ks)
-            p_host, ok_host = np.asarray(p).tolist(), np.asarray(ok).tolist()
+            lengths, tokens, p_host, ok_host = jax.device_get((lengths_k, tokens_ks, p, ok))
+            lengths, p_host, ok_host = lengths.tolist(), p_host.tolist(), ok_host.tolist()
             n = sum(1 for x in lengths if x > 0)
             self.m.verify_calls += 1
             self.m.target_passes += 1
@@ -479,6 +484,9 @@ class _Run:
             new_target = _Head(core.rewind(t_cache, index, [pos]), logits, index, pos)
             d_index, d_pos = draft.index + accepted_len, draft.pos + accepted_len
             if self.done:
+                # Work already dispatched (a speculative window, lookahead's rows) belongs to
+                # this request's time, not to whatever runs next.
+                jax.block_until_ready((pending, rows))
                 break
             if a < n or bonus:
                 fallback = a < n
@@ -490,9 +498,8 @@ class _Run:
                     )
                 )
                 if overlap:  # the speculative window assumed a different prefix
-                    self.m.draft_tokens += int(
-                        sum(int(np.asarray(o.lengths)[0]) for o in pending[0])
-                    )
+                    wasted = jax.device_get([o.lengths for o in pending[0]])
+                    self.m.draft_tokens += int(sum(int(x[0]) for x in wasted))
                     d_cache = pending[1]
                 draft = self.draft_append(d_cache, d_index, d_pos, step)
                 pending = self.draft_window(draft, k)

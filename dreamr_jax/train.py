@@ -1,0 +1,458 @@
+r"""DREAM-R training: the stages a config lists, each resumable, each ending in a checkpoint.
+
+    python -m dreamr_jax.train --config=configs/demo.py [--workdir=DIR] [--config.a.b=v]
+
+Stages, in order (``stages`` selects a subset; each restores the previous one's result):
+
+* ``data``: the synthetic visual-reasoning dataset (ArrayRecord, deterministic) and a BPE
+  tokenizer trained on its corpus, under ``WORKDIR/data`` and ``WORKDIR/tokenizer``;
+* ``sft_target``: trains the (small, demo) target from scratch on the reference chains;
+* ``sft_draft``: trains the much smaller draft the same way (its warm start);
+* ``sapo``: RL on the draft against the frozen target (`training.sapo`), reporting the
+  draft's held-out acceptance and reward before and after;
+* ``export``: Hugging Face directories ``WORKDIR/export/{target,draft_sft,draft_sapo}``
+  (weights, config, tokenizer, image processor) that transformers and ``dreamr_jax.infer``
+  load;
+* ``eval``: every engine over the held-out split with the SFT draft and the SAPO draft
+  (`dreamr_jax.eval`), then ``WORKDIR/report.md`` / ``report.json`` with the plots.
+
+Re-running the same command resumes: finished stages are reused (their checkpoints and
+files), an interrupted one continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import jax
+from absl import app, flags, logging
+from flax import nnx
+
+from dreamr_jax import config as config_lib
+from dreamr_jax import eval as eval_lib
+from dreamr_jax.data import synthetic, synthetic_tfds
+from dreamr_jax.data.tokenizer_train import build_synthetic_tokenizer
+from dreamr_jax.models import hf
+from dreamr_jax.models.qwen3_vl import Qwen3VL
+from dreamr_jax.models.sharding import init_sharded
+from dreamr_jax.processing import ImageProcessorConfig, load_tokenizer
+from dreamr_jax.spec import SpecConfig, VerifierConfig
+from dreamr_jax.spec.roles import DTYPES, MeshSection, ModelSection, builtin_config
+from dreamr_jax.training import demo_report
+from dreamr_jax.training.checkpoint import check_workdir
+from dreamr_jax.training.sapo import SAPOConfig, Scorer, policy_stats, run_sapo
+from dreamr_jax.training.sft import SFTConfig, run_sft
+
+EvalSection = eval_lib.EvalSection
+
+STAGES = ("data", "sft_target", "sft_draft", "sapo", "export", "eval")
+
+
+# Exported directory -> the model it holds.
+EXPORTS = {"target": "target_sft", "draft_sft": "draft_sft", "draft_sapo": "draft_sapo"}
+
+
+class StageError(RuntimeError):
+    """A stage's input (an earlier stage's result) is missing."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    """The synthetic dataset and the tokenizer trained on it.
+
+    Attributes:
+      synthetic: the generator's settings (seed, image size, families, difficulty); images
+        are not resized, so every example has one static patch grid.
+      train_size, validation_size, test_size: examples per split.
+      tokenizer_vocab: BPE vocabulary size of the trained tokenizer.
+      tokenizer_examples: training examples the tokenizer is trained on.
+    """
+
+    synthetic: synthetic.SyntheticConfig = synthetic.SyntheticConfig(image_size=64)
+    train_size: int = 20_000
+    validation_size: int = 256
+    test_size: int = 256
+    tokenizer_vocab: int = 512
+    tokenizer_examples: int = 2000
+
+    def sizes(self) -> dict[str, int]:
+        return {
+            "train": self.train_size,
+            "validation": self.validation_size,
+            "test": self.test_size,
+        }
+
+    def validate(self):
+        self.synthetic.validate()
+        for name, n in self.sizes().items():
+            config_lib.require(n >= 1, f"{name}_size", n, "must be >= 1")
+        config_lib.require(
+            self.tokenizer_vocab >= 300, "tokenizer_vocab", self.tokenizer_vocab, "must be >= 300"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A built-in model trained from scratch (the demo's target and draft).
+
+    Attributes:
+      hidden_size, num_layers, num_heads, num_kv_heads, head_dim, intermediate_size: the
+        text decoder.
+      vision_depth, vision_hidden, vision_heads: the vision tower.
+      dtype: parameter dtype.
+      seed: initialisation seed.
+    """
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 32
+    intermediate_size: int = 384
+    vision_depth: int = 2
+    vision_hidden: int = 64
+    vision_heads: int = 2
+    dtype: str = "float32"
+    seed: int = 0
+
+    def validate(self):
+        config_lib.require(self.dtype in DTYPES, "dtype", self.dtype, f"one of {sorted(DTYPES)}")
+
+    def model_config(self, tokenizer):
+        return builtin_config(
+            tokenizer,
+            "target",
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            num_kv_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            intermediate_size=self.intermediate_size,
+            vision_depth=self.vision_depth,
+            vision_hidden=self.vision_hidden,
+            vision_heads=self.vision_heads,
+            deepstack=(0,),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every stage's settings."""
+
+    stages: tuple[str, ...] = STAGES
+    data: DataSection = DataSection()
+    target_model: ModelSpec = ModelSpec()
+    draft_model: ModelSpec = ModelSpec(hidden_size=64, num_layers=2, head_dim=16, seed=1)
+    sft_target: SFTConfig = SFTConfig()
+    sft_draft: SFTConfig = SFTConfig()
+    sapo: SAPOConfig = SAPOConfig()
+    spec: SpecConfig = SpecConfig()
+    verifier: VerifierConfig = VerifierConfig()
+    eval: EvalSection = EvalSection()
+    target_mesh: MeshSection = MeshSection()
+    draft_mesh: MeshSection = MeshSection()
+
+    def validate(self):
+        bad = [s for s in self.stages if s not in STAGES]
+        config_lib.require(not bad, "stages", self.stages, f"unknown {bad}; pick from {STAGES}")
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+# ---------------------------------------------------------------------------------- runs
+
+
+class Run:
+    """One training run in ``workdir``: the stages share its data, tokenizer and models."""
+
+    def __init__(self, cfg: TrainConfig, workdir: str | os.PathLike, raw_config=None):
+        self.cfg, self.dir = cfg, Path(workdir)
+        self.raw = raw_config
+        self.models: dict[str, object] = {}
+        self.notes: dict[str, object] = {}
+
+    # ------------------------------------------------------------------- shared state
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.dir / "tokenizer"
+
+    def source(self, split: str):
+        d = self.cfg.data
+        return synthetic_tfds.load(str(self.dir / "data"), d.synthetic, split, d.sizes())
+
+    def tokenizer(self):
+        if not hasattr(self, "_tok"):
+            if not (self.tokenizer_dir / "tokenizer.json").exists():
+                raise StageError(
+                    f"no dataset / tokenizer in {self.dir}: run stage 'data' first "
+                    "(add it to stages)."
+                )
+
+            self._tok = load_tokenizer(self.tokenizer_dir)
+        return self._tok
+
+    def image_cfg(self, model_cfg) -> ImageProcessorConfig:
+        v, side = model_cfg.vision, self.cfg.data.synthetic.image_size
+        return ImageProcessorConfig(
+            patch_size=v.patch_size,
+            temporal_patch_size=v.temporal_patch_size,
+            merge_size=v.spatial_merge_size,
+            min_pixels=side * side,
+            max_pixels=side * side,
+        )
+
+    def patches(self, model_cfg) -> int:
+        return (self.cfg.data.synthetic.image_size // model_cfg.vision.patch_size) ** 2
+
+    def init_model(self, role: str):
+        spec = self.cfg.target_model if role == "target" else self.cfg.draft_model
+        mcfg = spec.model_config(self.tokenizer())
+        mesh = (self.cfg.target_mesh if role == "target" else self.cfg.draft_mesh).mesh(role)
+        dtype = DTYPES[spec.dtype]
+        model = init_sharded(lambda: Qwen3VL(mcfg, dtype=dtype, rngs=nnx.Rngs(spec.seed)), mesh)
+        return model, mesh
+
+    # ------------------------------------------------------------------------- stages
+
+    def data(self) -> None:
+        d = self.cfg.data
+        synthetic_tfds.build(str(self.dir / "data"), d.synthetic, d.sizes())
+        if not (self.tokenizer_dir / "tokenizer.json").exists():
+            tmp = self.dir / "tokenizer.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            build_synthetic_tokenizer(
+                tmp, n=d.tokenizer_examples, vocab_size=d.tokenizer_vocab, cfg=d.synthetic
+            )
+            os.replace(tmp, self.tokenizer_dir)
+
+    def finished(self, stage: str) -> bool:
+        """Whether ``stage`` completed in this workdir (its outputs are all there)."""
+        if stage in ("sft_target", "sft_draft", "sapo"):
+            steps = getattr(self.cfg, stage).steps
+            done = (self.dir / stage / "checkpoints" / str(steps)).is_dir()
+            return done and (stage != "sapo" or (self.dir / "sapo" / "effect.json").exists())
+        if stage == "export":
+            return all((self.dir / "export" / n / "config.json").exists() for n in EXPORTS)
+        return False
+
+    def _require(self, stage: str) -> None:
+        if not self.finished(stage):
+            raise StageError(
+                f"this stage needs the result of stage {stage!r}, which has not finished in "
+                f"{self.dir}; run it first (add {stage!r} to stages) or point --workdir at a "
+                "run that finished it."
+            )
+
+    def sft(self, role: str, *, load_only: bool = False) -> None:
+        """Trains (or, when finished, restores) the role's SFT model."""
+        stage = f"sft_{role}"
+        if self.finished(stage) and not load_only:
+            print(f"stage {stage}: finished earlier, reused", flush=True)
+            return
+        model, mesh = self.init_model(role)
+        sec = self.cfg.sft_target if role == "target" else self.cfg.sft_draft
+        sec = dataclasses.replace(sec, patches_per_row=self.patches(model.cfg))
+        trained, result = run_sft(
+            self.dir / stage,
+            model,
+            self.source("train"),
+            self.tokenizer(),
+            self.image_cfg(model.cfg),
+            sec,
+            mesh,
+            config=self.raw,
+            desc=stage,
+        )
+        self._stop_if_preempted(result)
+        self.models[f"{role}_sft"] = trained
+
+    def model(self, name: str):
+        """A stage's model: in memory, or restored from the stage's final checkpoint.
+
+        Raises:
+          StageError: the stage that makes it has not finished in this workdir.
+        """
+        if name not in self.models:
+            if name == "draft_sapo":
+                self._require("sapo")
+                self.sapo(load_only=True)
+            else:
+                role = "target" if name == "target_sft" else "draft"
+                self._require(f"sft_{role}")
+                self.sft(role, load_only=True)
+        return self.models[name]
+
+    def sapo(self, *, load_only: bool = False) -> None:
+        """Runs SAPO on the SFT draft, measuring the draft on held-out prompts before and
+        after; when finished, only restores the trained draft (``load_only``)."""
+        if self.finished("sapo") and not load_only:
+            print("stage sapo: finished earlier, reused", flush=True)
+            return
+        target, draft = self.model("target_sft"), self.model("draft_sft")
+        sec = dataclasses.replace(self.cfg.sapo, patches_per_row=self.patches(draft.cfg))
+        image_cfg = self.image_cfg(draft.cfg)
+        scorer = Scorer(target, self.tokenizer(), image_cfg, sec)
+        val = self.source("validation")
+        held_out = [val[i] for i in range(min(len(val), 64))]
+        before = None if load_only else policy_stats(scorer, draft, held_out)
+        trained, result = run_sapo(
+            self.dir / "sapo",
+            draft,
+            target,
+            self.source("train"),
+            self.tokenizer(),
+            image_cfg,
+            sec,
+            self.cfg.draft_mesh.mesh("draft"),
+            config=self.raw,
+        )
+        self._stop_if_preempted(result)
+        self.models["draft_sapo"] = trained
+        if load_only:
+            return
+        after = policy_stats(scorer, trained, held_out)
+        effect = {"held_out_examples": len(held_out), "before": before, "after": after}
+        path = self.dir / "sapo" / "effect.json"
+        path.with_suffix(".tmp").write_text(json.dumps(effect, indent=2) + "\n")
+        os.replace(path.with_suffix(".tmp"), path)
+
+    def export(self) -> None:
+        for name, model_name in EXPORTS.items():
+            out = self.dir / "export" / name
+            if (out / "config.json").exists():
+                continue
+            model = self.model(model_name)
+            self.tokenizer().save_pretrained(out)
+            image = self.image_cfg(model.cfg)
+            processor = {
+                "image_processor_type": "Qwen2VLImageProcessor",
+                "patch_size": image.patch_size,
+                "temporal_patch_size": image.temporal_patch_size,
+                "merge_size": image.merge_size,
+                "image_mean": list(image.image_mean),
+                "image_std": list(image.image_std),
+                "size": {"shortest_edge": image.min_pixels, "longest_edge": image.max_pixels},
+            }
+            (out / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+            hf.save_pretrained(model, model.cfg, out)  # config.json last: marks complete
+
+    def _stop_if_preempted(self, result) -> None:
+        if result.preempted:
+            raise SystemExit(
+                f"preempted at step {result.step}: checkpoint saved; re-run the same command "
+                "to resume."
+            )
+
+    def stage(self, name: str) -> None:
+        {
+            "data": self.data,
+            "sft_target": lambda: self.sft("target"),
+            "sft_draft": lambda: self.sft("draft"),
+            "sapo": self.sapo,
+            "export": self.export,
+            "eval": self.evaluate,
+        }[name]()
+
+    def run(self) -> dict:
+        timings = self.notes.setdefault("timings_s", {})
+        for stage in self.cfg.stages:
+            t0 = time.perf_counter()
+            logging.info("stage %s", stage)
+            if stage == "eval":
+                timings["total_before_eval"] = round(sum(timings.values()), 2)
+            self.stage(stage)
+            timings[stage] = round(time.perf_counter() - t0, 2)
+            print(f"stage {stage}: done in {timings[stage]} s", flush=True)
+        return self.notes
+
+    def evaluate(self) -> None:
+        """Every engine with the SFT draft and with the SAPO draft, on the held-out split;
+        then the report. A finished evaluation (its summary exists) is reused."""
+        cfg = self.cfg
+        sec = dataclasses.replace(
+            cfg.eval,
+            dataset="synthetic",
+            synthetic=cfg.data.synthetic,
+            data_dir=str(self.dir / "data"),
+        )
+        summaries = {}
+        for draft in ("draft_sft", "draft_sapo"):
+            out = self.dir / f"eval_{draft}"
+            done = out / "eval" / "summary.json"
+            if not done.exists():
+                ecfg = eval_lib.EvalConfig(
+                    target=ModelSection(checkpoint=str(self.dir / "export" / "target")),
+                    draft=ModelSection(checkpoint=str(self.dir / "export" / draft)),
+                    spec=cfg.spec,
+                    verifier=cfg.verifier,
+                    target_mesh=cfg.target_mesh,
+                    draft_mesh=cfg.draft_mesh,
+                    eval=sec,
+                )
+                eval_lib.run(ecfg, out)
+            summaries[draft] = json.loads(done.read_text())
+        self._require("export")
+        effect = self.dir / "sapo" / "effect.json"
+        sapo_effect = json.loads(effect.read_text()) if effect.exists() else None
+        models = {
+            name: hf.read_config(self.dir / "export" / name) for name in ("target", "draft_sft")
+        }
+        paths = demo_report.write(
+            self.dir, summaries, sapo_effect, models, self.notes, alpha=cfg.verifier.alpha
+        )
+        self.notes["report"] = str(paths["md"])
+
+
+def run(cfg: TrainConfig, workdir: str | os.PathLike, raw_config=None) -> dict:
+    """Runs ``cfg.stages`` in ``workdir`` (resuming); returns a summary dict."""
+    check_workdir(workdir)
+    return Run(cfg, workdir, raw_config).run()
+
+
+def _multi_host(flag: bool | None) -> bool:
+    if flag is not None:
+        return flag
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    return "," in hosts or bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
+
+
+def main(argv, flag_values: dict) -> None:
+    """Runs the configured stages from parsed flags; last line printed: one JSON object."""
+    del argv
+    raw = flag_values["config"].value
+    workdir = flag_values["workdir"].value or raw.get("workdir") or "runs/train"
+    cfg = config_lib.to_dataclass(TrainConfig, {k: raw[k] for k in SECTIONS if k in raw})
+    check_workdir(workdir)
+    if _multi_host(flag_values["distributed"].value):  # before any other JAX call
+        jax.distributed.initialize()
+    config_lib.write_resolved(raw, workdir, spec=config_lib.flag_spec())
+    summary = run(cfg, workdir, raw.to_dict())
+    print(json.dumps(summary), flush=True)
+
+
+def _cli() -> None:
+    # Flags are defined here, not at import, so entry points can be imported side by side.
+    flag_values = {
+        "config": config_lib.define_config_flag(),
+        "workdir": flags.DEFINE_string(
+            "workdir", None, "Run directory (default: the config's workdir)."
+        ),
+        "distributed": flags.DEFINE_bool(
+            "distributed",
+            None,
+            "Call jax.distributed.initialize() (one process per host). Default: on a "
+            "multi-host TPU slice or with JAX_COORDINATOR_ADDRESS set.",
+        ),
+    }
+    app.run(lambda argv: main(argv, flag_values))
+
+
+if __name__ == "__main__":
+    _cli()

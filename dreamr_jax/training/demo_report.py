@@ -1,0 +1,189 @@
+"""The end-of-run report of ``python -m dreamr_jax.train``: Markdown + JSON + plots.
+
+Every number comes from the run's own files (evaluation summaries, SAPO's held-out
+before/after check, stage timings); the checks compare them with the demo's bars (issue 6)
+and say PASS or FAIL, never hide a miss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import jax
+from flax import nnx
+
+from dreamr_jax.models.qwen3_vl import Qwen3VL
+
+
+def param_count(model_cfg) -> int:
+    """Parameters of a model config (abstract init: nothing is allocated)."""
+    state = nnx.state(nnx.eval_shape(lambda: Qwen3VL(model_cfg, rngs=nnx.Rngs(0))))
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(state))
+
+
+def _result(summary: Mapping, engine: str, alpha: float | None = None) -> Mapping | None:
+    for r in summary["results"]:
+        if r["engine"] == engine and (alpha is None or r["alpha"] == alpha):
+            return r
+    return None
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x, fmt="{:.2f}") -> str:
+    return "n/a" if x is None else fmt.format(x)
+
+
+def checks(
+    summaries: Mapping[str, Mapping], sapo_effect: Mapping | None, alpha: float | None = None
+) -> list[dict]:
+    """The demo's bars, each with the measured values and PASS / FAIL, at threshold
+    ``alpha`` (default: the first α evaluated)."""
+    sapo = summaries.get("draft_sapo") or next(iter(summaries.values()))
+    sft = summaries.get("draft_sft")
+    target = _result(sapo, "target_only")
+    draft = _result(sapo, "draft_only")
+    alphas = [r["alpha"] for r in sapo["results"] if r["engine"] == "fpsr"]
+    alpha = alpha if alpha in alphas else next(iter(alphas), None)
+    fpsr = _result(sapo, "fpsr", alpha)
+    look = _result(sapo, "lookahead", alpha)
+    spec = _result(sapo, "specreason", alpha)
+    out = []
+
+    def add(name, ok, measured):
+        out.append({"check": name, "pass": bool(ok), "measured": measured})
+
+    t_acc, d_acc = target and target["accuracy"], draft and draft["accuracy"]
+    add("target-only accuracy >= 90%", t_acc is not None and t_acc >= 0.9, _pct(t_acc))
+    add(
+        "draft alone visibly weaker (>= 10 points below the target)",
+        t_acc is not None and d_acc is not None and d_acc <= t_acc - 0.1,
+        f"draft {_pct(d_acc)} vs target {_pct(t_acc)}",
+    )
+    if sapo_effect:
+        b, a = sapo_effect["before"]["acceptance"], sapo_effect["after"]["acceptance"]
+        add("SAPO raises held-out step acceptance", a > b, f"{_pct(b)} -> {_pct(a)}")
+    if sft is not None and fpsr is not None:
+        sft_fpsr = _result(sft, "fpsr", alpha)
+        b, a = sft_fpsr and sft_fpsr["acceptance_rate"], fpsr["acceptance_rate"]
+        add(
+            f"SAPO raises fpsr step acceptance (α={alpha})",
+            a is not None and b is not None and a > b,
+            f"SFT draft {_pct(b)} -> SAPO draft {_pct(a)}",
+        )
+    if fpsr is not None and t_acc is not None:
+        add(
+            "fpsr accuracy within 2 points of target-only",
+            fpsr["accuracy"] >= t_acc - 0.02,
+            f"{_pct(fpsr['accuracy'])} vs {_pct(t_acc)}",
+        )
+        add("fpsr wall-clock speedup > 1x", (fpsr["speedup"] or 0) > 1, _num(fpsr["speedup"]))
+    if fpsr and look and spec:
+        s = (fpsr["speedup"], look["speedup"], spec["speedup"])
+        add(
+            "speedup order fpsr > lookahead > specreason",
+            s[0] > s[1] > s[2],
+            "fpsr {:.2f}, lookahead {:.2f}, specreason {:.2f}".format(*s),
+        )
+    return out
+
+
+def _costs(summary: Mapping) -> dict[str, float | None]:
+    """Seconds per generated token of each model alone (its baseline run)."""
+    out = {}
+    for engine in ("target_only", "draft_only"):
+        r = _result(summary, engine)
+        out[engine] = r["wall_s"] / r["output_tokens"] if r and r["output_tokens"] else None
+    return out
+
+
+def markdown(report: Mapping) -> str:
+    lines = ["# DREAM-R demo report", ""]
+    lines += ["## Models", "", "| model | parameters | layers x width | s / token alone |"]
+    lines += ["|---|---|---|---|"]
+    for name, m in report["models"].items():
+        lines.append(
+            f"| {name} | {m['params']:,} | {m['layers']} x {m['hidden']} | "
+            f"{_num(m['s_per_token'], '{:.4f}')} |"
+        )
+    lines += ["", "## Checks", "", "| check | measured | result |", "|---|---|---|"]
+    for c in report["checks"]:
+        lines.append(f"| {c['check']} | {c['measured']} | {'PASS' if c['pass'] else 'FAIL'} |")
+    for draft, summary in report["evaluations"].items():
+        lines += ["", f"## Engines with the {draft.replace('_', ' ')}", ""]
+        lines += ["| engine | α | accuracy | step acceptance | speedup | tokens/s |"]
+        lines += ["|---|---|---|---|---|---|"]
+        for r in summary["results"]:
+            lines.append(
+                f"| {r['engine']} | {_num(r['alpha'])} | {_pct(r['accuracy'])} | "
+                f"{_pct(r['acceptance_rate'])} | {_num(r['speedup'])}x | "
+                f"{_num(r['tokens_per_s'], '{:.1f}')} |"
+            )
+        for png in report["plots"].get(draft, []):
+            lines += ["", f"![{png}]({png})"]
+    effect = report.get("sapo_effect")
+    if effect:
+        lines += ["", "## SAPO on held-out prompts (greedy chains)", ""]
+        lines += ["| | acceptance | reward | accuracy | tokens |", "|---|---|---|---|---|"]
+        for when in ("before", "after"):
+            e = effect[when]
+            lines.append(
+                f"| {when} | {_pct(e['acceptance'])} | {e['reward']:.3f} | "
+                f"{_pct(e['accuracy'])} | {e['completion_tokens']:.1f} |"
+            )
+    timings = report.get("timings_s") or {}
+    if timings:
+        lines += ["", "## Stage times", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in timings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write(
+    workdir: str | os.PathLike,
+    summaries: Mapping[str, Mapping],
+    sapo_effect: Mapping | None,
+    model_cfgs: Mapping[str, object],
+    notes: Mapping,
+    alpha: float | None = None,
+) -> dict[str, Path]:
+    """Writes ``report.md``, ``report.json`` and ``report_plots/`` into ``workdir``."""
+    workdir = Path(workdir)
+    costs = _costs(summaries.get("draft_sapo") or next(iter(summaries.values())))
+    models = {}
+    for name, cfg in model_cfgs.items():
+        models[name] = {
+            "params": param_count(cfg),
+            "layers": cfg.text.num_layers,
+            "hidden": cfg.text.hidden_size,
+            "s_per_token": costs["target_only" if name == "target" else "draft_only"],
+        }
+    plot_dir = workdir / "report_plots"
+    plot_dir.mkdir(exist_ok=True)
+    plots = {}
+    for draft, summary in summaries.items():
+        plots[draft] = []
+        for png in sorted(Path(summary["out_dir"]).glob("*.png")):
+            dest = plot_dir / f"{draft}_{png.name}"
+            shutil.copyfile(png, dest)
+            plots[draft].append(str(dest.relative_to(workdir)))
+    report = {
+        "models": models,
+        "checks": checks(summaries, sapo_effect, alpha),
+        "evaluations": {k: {"results": v["results"]} for k, v in summaries.items()},
+        "sapo_effect": sapo_effect,
+        "timings_s": notes.get("timings_s"),
+        "plots": plots,
+    }
+    paths = {"md": workdir / "report.md", "json": workdir / "report.json"}
+    for key, text in (("md", markdown(report)), ("json", json.dumps(report, indent=2) + "\n")):
+        tmp = paths[key].with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, paths[key])
+    return paths

@@ -1,0 +1,252 @@
+"""The training stages and `python -m dreamr_jax.train` (smoke scale).
+
+The loop's resume/NaN/SIGTERM semantics are tested on a tiny linear model (fast); the real
+stages on the demo's smoke config: the whole pipeline once through the CLI, a killed run
+resumed with the same losses, a re-run that reuses every finished stage, and bad input
+refused before compute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import struct
+
+from dreamr_jax import config as config_lib
+from dreamr_jax import train
+from dreamr_jax.models.sharding import ShardingError
+from dreamr_jax.training.checkpoint import CheckpointConfig, NonFiniteLoss, WorkdirError
+from dreamr_jax.training.loop import run_loop
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "configs/demo.py:smoke")
+
+
+# ------------------------------------------------------------------ the loop (toy model)
+
+
+@struct.dataclass
+class Toy:
+    w: jax.Array
+    opt: optax.OptState
+
+
+_TX = optax.adam(0.1)
+_X = jax.random.normal(jax.random.key(0), (32, 4))
+_Y = _X @ jnp.arange(1.0, 5.0)
+
+
+def _toy_state() -> Toy:
+    w = jnp.zeros(4)
+    return Toy(w, _TX.init(w))
+
+
+@jax.jit
+def _toy_step(state: Toy, batch):
+    def loss_fn(w):
+        return jnp.mean((batch["x"] @ w - batch["y"]) ** 2) * batch["scale"]
+
+    loss, g = jax.value_and_grad(loss_fn)(state.w)
+    upd, opt = _TX.update(g, state.opt)
+    return Toy(optax.apply_updates(state.w, upd), opt), {"loss": loss}
+
+
+def _batch(step: int, nan_at: int | None = None):
+    rows = (np.arange(8) + 8 * step) % 32
+    scale = jnp.nan if step == nan_at else 1.0
+    return {"x": _X[rows], "y": _Y[rows], "scale": jnp.asarray(scale)}
+
+
+def _losses(stage_dir: Path) -> list[float]:
+    lines = (stage_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines]
+
+
+CKPT = CheckpointConfig(every_steps=3, keep=2, async_save=False)
+
+
+def _loop(stage_dir, steps):
+    return run_loop(
+        stage_dir,
+        _toy_state(),
+        _toy_step,
+        lambda step, state: _batch(step),
+        steps=steps,
+        checkpoint=CKPT,
+        desc="toy",
+    )
+
+
+def test_loop_resumes_with_identical_losses(tmp_path):
+    straight = _loop(tmp_path / "a", 9)
+    assert straight.step == 9 and not straight.already_done
+    _loop(tmp_path / "b", 7)  # stops after 7; the last checkpoint is step 7 (final)
+    # A later run with a longer schedule continues from step 7, not from scratch.
+    resumed = _loop(tmp_path / "b", 9)
+    assert resumed.step == 9
+    np.testing.assert_allclose(_losses(tmp_path / "b"), _losses(tmp_path / "a"), rtol=1e-6)
+    np.testing.assert_allclose(resumed.state.w, straight.state.w, rtol=1e-6)
+    again = _loop(tmp_path / "b", 9)
+    assert again.already_done and again.step == 9
+
+
+def test_loop_drops_log_lines_of_an_interrupted_run(tmp_path):
+    _loop(tmp_path, 6)
+    with (tmp_path / "metrics.jsonl").open("a") as f:  # as if killed after step 8's log
+        f.write(json.dumps({"step": 7, "loss": 123.0}) + "\n")
+        f.write(json.dumps({"step": 8, "loss": 456.0}) + "\n")
+    _loop(tmp_path, 8)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9)) and 123.0 not in _losses(tmp_path)
+
+
+def test_loop_stops_at_nan_without_checkpointing_it(tmp_path):
+    with pytest.raises(NonFiniteLoss, match="step 5"):
+        run_loop(
+            tmp_path,
+            _toy_state(),
+            _toy_step,
+            lambda step, state: _batch(step, nan_at=5),
+            steps=9,
+            checkpoint=CKPT,
+        )
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == [3]
+
+
+# ------------------------------------------------------------- the real stages (smoke)
+
+
+def _cli(workdir: Path, *overrides: str) -> subprocess.Popen:
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dreamr_jax.train",
+            f"--config={SMOKE}",
+            f"--workdir={workdir}",
+            *overrides,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("smoke")
+    code, out, err = _finish(_cli(workdir))
+    assert code == 0, err[-3000:]
+    return workdir, out
+
+
+def test_smoke_pipeline_writes_every_stage_and_the_report(smoke_run):
+    workdir, out = smoke_run
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert set(summary["timings_s"]) >= set(train.STAGES)
+    for name in train.EXPORTS:
+        assert (workdir / "export" / name / "model.safetensors").exists()
+        assert (workdir / "export" / name / "tokenizer.json").exists()
+    report = json.loads((workdir / "report.json").read_text())
+    assert {c["check"] for c in report["checks"]} >= {"target-only accuracy >= 90%"}
+    assert set(report["evaluations"]) == {"draft_sft", "draft_sapo"}
+    effect = json.loads((workdir / "sapo" / "effect.json").read_text())
+    assert set(effect) == {"held_out_examples", "before", "after"}
+    md = (workdir / "report.md").read_text()
+    assert "## Checks" in md and "fpsr" in md
+    for png in report["plots"]["draft_sapo"]:
+        assert (workdir / png).exists()
+
+
+def test_rerun_reuses_finished_stages(smoke_run):
+    workdir, _ = smoke_run
+    stamps = {p: p.stat().st_mtime_ns for p in workdir.rglob("*.safetensors")}
+    logs = {p: p.read_text() for p in workdir.glob("*/metrics.jsonl")}
+    code, out, err = _finish(_cli(workdir))
+    assert code == 0, err[-3000:]
+    for stage in ("sft_target", "sft_draft", "sapo"):
+        assert f"stage {stage}: finished earlier, reused" in out
+    assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*.safetensors")} == stamps
+    assert {p: p.read_text() for p in workdir.glob("*/metrics.jsonl")} == logs
+
+
+def test_killed_stage_resumes_with_the_same_losses(smoke_run, tmp_path):
+    """SIGKILL in the middle of sft_target (after a checkpoint), then the same command:
+    the stage continues from the checkpoint and its losses equal the uninterrupted run's."""
+    reference, _ = smoke_run
+    stages = "--config.stages=('data','sft_target')"
+    steps = "--config.sft_target.steps=8"
+    total = "--config.sft_target.optim.total_steps=8"
+    proc = _cli(tmp_path, stages, steps, total, "--config.sft_target.checkpoint.every_steps=2")
+    ckpt = tmp_path / "sft_target" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not (ckpt / "4").is_dir() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (ckpt / "4").is_dir() and not (ckpt / "8").is_dir(), "killed too late or too early"
+    code, _, err = _finish(_cli(tmp_path, stages, steps, total))
+    assert code == 0, err[-3000:]
+    clean = tmp_path / "clean"
+    code, _, err = _finish(_cli(clean, stages, steps, total))
+    assert code == 0, err[-3000:]
+    resumed = _losses(tmp_path / "sft_target")
+    assert len(resumed) == 8
+    np.testing.assert_allclose(resumed, _losses(clean / "sft_target"), rtol=1e-5)
+
+
+def _cfg(*overrides: str) -> train.TrainConfig:
+    raw = config_lib.load_config(SMOKE, overrides)
+    return config_lib.to_dataclass(train.TrainConfig, {k: raw[k] for k in train.SECTIONS})
+
+
+def test_missing_previous_stage_is_named(tmp_path):
+    with pytest.raises(train.StageError, match="stage 'data'"):
+        train.run(_cfg("stages=('sft_target',)"), tmp_path)
+    train.run(_cfg("stages=('data',)"), tmp_path)
+    with pytest.raises(train.StageError, match="stage 'sft_target'"):
+        train.run(_cfg("stages=('sapo',)"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "override, error, match",
+    [
+        ("sapo.micro_batches=3", config_lib.ConfigError, r"micro_batches=3: must divide"),
+        ("stages=('data','finetune')", config_lib.ConfigError, r"unknown \['finetune'\]"),
+        ("sft_target.optimizer.lr=1", config_lib.ConfigError, r"unknown key 'optimizer'"),
+    ],
+)
+def test_bad_config_is_refused(override, error, match):
+    with pytest.raises(error, match=match):
+        _cfg(override)
+
+
+def test_bad_mesh_and_workdir_are_refused_before_compute(tmp_path):
+    cfg = _cfg("target_mesh.data=16")
+    train.run(_cfg("stages=('data',)"), tmp_path)
+    with pytest.raises(ShardingError, match="target mesh"):
+        train.run(cfg, tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(WorkdirError, match="file"):
+        train.run(_cfg(), blocker / "run")
