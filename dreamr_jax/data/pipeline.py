@@ -42,6 +42,7 @@ import functools
 import json
 import os
 import types
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -50,11 +51,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from dreamr_jax.data import verification
 from dreamr_jax.data.steps import StepConfig, join_steps
 from dreamr_jax.data.synthetic_tfds import as_record
 from dreamr_jax.models.positions import rope_index
 from dreamr_jax.processing.image import ImageProcessorConfig, preprocess_images
 from dreamr_jax.processing.prompt import DEFAULT_IMAGE_TOKEN, build_prompt
+from dreamr_jax.spec.verify import verification_suffix
 
 _VISION_START = "<|vision_start|>"
 _END_OF_TURN = "<|im_end|>"
@@ -82,6 +85,11 @@ class PipelineConfig:
         True: shapes are static; a final partial batch is not produced).
       skip_overlong: drop over-long examples with a logged warning instead of raising.
       step_delimiter: text joining the reference steps in the assistant answer.
+      verify_fraction: share of examples turned into verification examples
+        (`data.verification`: a reference or corrupted step, the verifier's question and
+        the verdict word as the only trained token); 0 for plain chains.
+      verify_question: the verifier's question (must match the engine's `VerifierConfig`).
+      verify_words: the (positive, negative) verdict words; their first tokens are trained.
     """
 
     batch_size: int = 8
@@ -94,6 +102,9 @@ class PipelineConfig:
     drop_remainder: bool = True
     skip_overlong: bool = False
     step_delimiter: str = "\n\n"
+    verify_fraction: float = 0.0
+    verify_question: str = "Is the last step correct? Answer Yes or No."
+    verify_words: tuple[str, str] = ("Yes", "No")
 
     def validate(self) -> PipelineConfig:
         """Returns self; raises ValueError naming the bad field."""
@@ -115,6 +126,10 @@ class PipelineConfig:
             )
         if not isinstance(self.step_delimiter, str) or not self.step_delimiter:
             raise ValueError(f"step_delimiter={self.step_delimiter!r} must be a non-empty string.")
+        if not 0.0 <= self.verify_fraction <= 1.0:
+            raise ValueError(f"verify_fraction={self.verify_fraction!r} must be in [0, 1].")
+        if len(self.verify_words) != 2 or self.verify_words[0] == self.verify_words[1]:
+            raise ValueError(f"verify_words={self.verify_words!r} must be two different words.")
         return self
 
 
@@ -137,6 +152,7 @@ class TokenizeExample(grain.transforms.Map):
         self.cfg, self.tokenizer, self.image_cfg = cfg, tokenizer, image_cfg
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.end_id = _token_id(tokenizer, _END_OF_TURN)
+        self.suffix = verification_suffix(tokenizer, cfg.verify_question)
         # rope_index reads only these fields of a ModelConfig; taking them from the tokenizer
         # and image config keeps prompt and positions consistent by construction.
         self.rope_cfg = types.SimpleNamespace(
@@ -146,6 +162,23 @@ class TokenizeExample(grain.transforms.Map):
                 tokenizer, getattr(tokenizer, "image_token", None) or DEFAULT_IMAGE_TOKEN
             ),
         )
+
+    def _verification(self, rec: Mapping, prompt: list[int], rng) -> tuple[list[int], int, int]:
+        """A verification example's ids and the span of its one trained token."""
+        k, candidate, correct = verification.choose(rec["steps"], rng)
+        word = self.cfg.verify_words[0 if correct else 1]
+        ids = verification.verification_ids(
+            prompt,
+            rec["steps"],
+            k,
+            candidate,
+            tokenizer=self.tokenizer,
+            delimiter=self.cfg.step_delimiter,
+            end_id=self.end_id,
+            suffix=self.suffix,
+            verdict_id=self.tokenizer.encode(word, add_special_tokens=False)[0],
+        )
+        return ids, len(ids) - 1, len(ids)
 
     def _tokenize(self, rec: Mapping) -> tuple[list[int], int, int, np.ndarray, np.ndarray]:
         pixels, grid = preprocess_images(rec["image"], self.image_cfg)
@@ -163,6 +196,9 @@ class TokenizeExample(grain.transforms.Map):
             merge_size=merge,
             add_generation_prompt=False,
         )
+        rng = np.random.default_rng([self.cfg.seed, zlib.crc32(rec["id"].encode())])
+        if self.cfg.verify_fraction and rng.random() < self.cfg.verify_fraction:
+            return (*self._verification(rec, prompt, rng), pixels, grid)
         if full[: len(prompt)] != prompt:
             raise ValueError(
                 f"example {rec['id']!r}: the chat template's generation prompt is not a prefix of "

@@ -1,0 +1,110 @@
+"""Verification examples: corrupted steps and the exact token layout the engine verifies."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from dreamr_jax.data import pipeline, synthetic_tfds
+from dreamr_jax.data.synthetic import SyntheticConfig
+from dreamr_jax.data.verification import corrupt_step
+from dreamr_jax.processing.image import ImageProcessorConfig
+from dreamr_jax.processing.prompt import build_prompt
+from dreamr_jax.processing.tokenizer import save_byte_tokenizer
+from dreamr_jax.spec.verify import VerifierConfig, verdict_tokens
+
+SYN = SyntheticConfig(image_size=64, seed=5)
+SIZES = {"train": 24}
+IMAGE_CFG = ImageProcessorConfig(patch_size=8, merge_size=2, min_pixels=64 * 64, max_pixels=64 * 64)
+CFG = pipeline.PipelineConfig(
+    batch_size=4,
+    seq_len=512,
+    num_patches=4 * 64,
+    shuffle=False,
+    num_epochs=1,
+    verify_fraction=1.0,
+)
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "Counting the red circles: there are 4.",
+        "Adding: 3 + 5 = 8.",
+        "The green bar is option C.",
+        "Answer: B",
+        "The tallest bar is the blue one.",
+    ],
+)
+def test_corrupt_step_changes_exactly_one_fact(step):
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        wrong = corrupt_step(step, rng)
+        assert wrong is not None and wrong != step
+        a, b = step.split(), wrong.split()
+        assert len(a) == len(b) and sum(x != y for x, y in zip(a, b, strict=True)) == 1
+
+
+def test_corrupt_step_gives_up_on_steps_without_facts():
+    assert corrupt_step("Let us look at the picture.", np.random.default_rng(0)) is None
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("verify")
+    synthetic_tfds.build(str(tmp), SYN, SIZES)
+    return synthetic_tfds.load(str(tmp), SYN, "train", SIZES), save_byte_tokenizer(tmp / "tok")
+
+
+def test_verification_examples_match_the_engine_layout(data):
+    source, tok = data
+    verdict = verdict_tokens(tok, VerifierConfig(question=CFG.verify_question))
+    yes, no = verdict.positive[0], verdict.negative[0]
+    records = {synthetic_tfds.as_record(source[i])["id"]: source[i] for i in range(len(source))}
+    labels = []
+    for batch in pipeline.make_dataset(source, CFG, tok, IMAGE_CFG):
+        for row in range(batch["input_ids"].shape[0]):
+            mask = batch["loss_mask"][row]
+            (pos,) = np.flatnonzero(mask)  # exactly one trained token: the verdict
+            ids = batch["input_ids"][row, : pos + 1].tolist()
+            assert batch["attention_mask"][row, pos + 1 :].sum() == 0
+            assert ids[-1] in (yes, no)
+            labels.append(ids[-1] == yes)
+            # prompt + steps + suffix + verdict: the engine's verification sequence.
+            rec = synthetic_tfds.as_record(records[str(batch["id"][row])])
+            user = [{"type": "image"}, {"type": "text", "text": rec["question"]}]
+            prompt, _ = build_prompt(
+                tok,
+                [{"role": "user", "content": user}],
+                batch["image_grid_thw"][row : row + 1],
+                merge_size=2,
+            )
+            assert ids[: len(prompt)] == prompt
+            assert ids[-1 - len(verdict.suffix) : -1] == list(verdict.suffix)
+            text = tok.decode(ids[len(prompt) : -1 - len(verdict.suffix)])
+            steps = text.replace("<|im_end|>", "").split("\n\n")
+            steps = [s for s in steps if s]
+            prefix_ok = steps[:-1] == rec["steps"][: len(steps) - 1]
+            assert prefix_ok, "the steps before the candidate are the reference steps"
+            candidate = steps[-1]
+            assert (candidate == rec["steps"][len(steps) - 1]) == labels[-1]
+    assert 0.25 < np.mean(labels) < 0.75, "about half the examples should be negatives"
+
+
+def test_verify_fraction_mixes_and_is_deterministic(data):
+    source, tok = data
+    cfg = dataclasses.replace(CFG, verify_fraction=0.5)
+    runs = [list(pipeline.make_dataset(source, cfg, tok, IMAGE_CFG)) for _ in range(2)]
+    for a, b in zip(*runs, strict=True):
+        np.testing.assert_array_equal(a["input_ids"], b["input_ids"])
+    trained = np.concatenate([b["loss_mask"].sum(1) for b in runs[0]])
+    assert (trained == 1).any() and (trained > 1).any()
+
+
+def test_bad_verify_settings_are_named():
+    with pytest.raises(ValueError, match="verify_fraction=1.5"):
+        dataclasses.replace(CFG, verify_fraction=1.5).validate()
+    with pytest.raises(ValueError, match="verify_words"):
+        dataclasses.replace(CFG, verify_words=("Yes", "Yes")).validate()
