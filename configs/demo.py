@@ -130,6 +130,7 @@ def _sft(steps: int, lr: float, batch: int) -> ml_collections.ConfigDict:
     t.patches_per_row = 64  # set from the image size by train
     t.micro_batches = 1
     t.seed = 0
+    t.verify_fraction = 0.0  # share of verification examples (the verifier's task)
     t.optim = _optim(lr, warmup=min(20, steps // 5), total=steps)
     t.checkpoint = _checkpoint(every=max(1, steps // 4))
     return t
@@ -234,6 +235,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.target_model = _text_model(hidden=128, layers=4, heads=4, kv_heads=2, seed=0)
     cfg.draft_model = _text_model(hidden=64, layers=1, heads=2, kv_heads=1, seed=1)
     cfg.sft_target = _sft(steps=600, lr=3e-3, batch=16)
+    cfg.sft_target.verify_fraction = 0.3  # the target also learns to judge steps
+    cfg.sft_target.seq_len = 192  # verification rows hold the whole chain plus the question
     cfg.sft_draft = _sft(steps=300, lr=3e-3, batch=16)
     cfg.sapo = _sapo(steps=20)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import io
 import json
 import os
 import sys
@@ -31,11 +30,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from absl import app, flags
-from PIL import Image
 from tqdm import tqdm
 
 from dreamr_jax import config as config_lib
-from dreamr_jax.data import grading, import_tfds, synthetic, synthetic_tfds
+from dreamr_jax.data import grading, import_tfds, questions, synthetic, synthetic_tfds
 from dreamr_jax.inference.generate import bucket
 from dreamr_jax.spec import ENGINES, SpecConfig, SpecEngine, VerifierConfig, aggregate, report
 from dreamr_jax.spec.roles import (
@@ -150,16 +148,8 @@ class EvalConfig:
 SECTIONS = tuple(f.name for f in dataclasses.fields(EvalConfig))
 
 
-@dataclasses.dataclass(frozen=True)
-class Item:
-    """One question to ask: its image, prompt text and gold answer."""
-
-    id: str
-    image: object  # array or PIL image
-    question: str
-    gold: str
-    answer_type: str
-    choices: tuple[str, ...]
+# One question to ask: shared with SAPO's prompts so a record reads the same in both.
+Item = questions.Question
 
 
 # --------------------------------------------------------------------------------- data
@@ -199,11 +189,7 @@ def _synthetic_items(sec: EvalSection, data_dir: Path) -> list[Item]:
     sizes = {sec.split_name: sec.num_examples}  # example i never depends on the sizes
     synthetic_tfds.build(str(data_dir), cfg, sizes)
     src = synthetic_tfds.load(str(data_dir), cfg, sec.split_name, sizes)
-    records = [synthetic_tfds.as_record(src[i]) for i in range(sec.num_examples)]
-    return [
-        Item(r["id"], r["image"], r["question"], r["answer"], r["answer_type"], tuple(r["choices"]))
-        for r in records
-    ]
+    return [questions.from_synthetic(src[i]) for i in range(sec.num_examples)]
 
 
 def _imported_items(sec: EvalSection, data_dir: Path) -> tuple[list[Item], dict]:
@@ -229,12 +215,7 @@ def _imported_items(sec: EvalSection, data_dir: Path) -> tuple[list[Item], dict]
             continue
         if len(rec.images) > 1:
             first_only.append(rec.id)
-        question = rec.question
-        if rec.choices:  # the synthetic set's format: "... Options: (A) x (B) y"
-            opts = " ".join(f"({chr(65 + j)}) {c}" for j, c in enumerate(rec.choices))
-            question = f"{question} Options: {opts}"
-        image = Image.open(io.BytesIO(rec.images[0]))
-        items.append(Item(rec.id, image, question, rec.answer, rec.answer_type, rec.choices))
+        items.append(questions.from_imported(rec))
     if len(items) < sec.num_examples:
         raise config_lib.ConfigError(
             f"config.eval.num_examples={sec.num_examples}: {sec.dataset} split "

@@ -74,12 +74,15 @@ def demo_image(size: int = 64, seed: int = 0) -> np.ndarray:
 
 
 def step_label(step: Step) -> str:
-    """``draft ok p=0.91`` / ``target fallback p=0.42`` / ``target`` for display."""
+    """``draft ok p=0.91`` / ``target fallback p=0.42`` / ``target bonus`` / ``target`` /
+    ``draft_only`` for display."""
     if step.source == "draft":
         return f"draft ok p={step.p:.2f}"
     if step.p is not None:
         return f"target fallback p={step.p:.2f}"
-    return "target bonus" if step.window_pos is None and step.source == "target" else step.source
+    if step.source == "target" and step.window_pos is not None:
+        return "target bonus"
+    return step.source
 
 
 def run(cfg: InferConfig, workdir: str | os.PathLike, *, printer=None) -> dict:

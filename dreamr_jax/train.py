@@ -5,7 +5,9 @@ r"""DREAM-R training: the stages a config lists, each resumable, each ending in 
 Stages, in order (``stages`` selects a subset; each restores the previous one's result):
 
 * ``data``: the synthetic visual-reasoning dataset (ArrayRecord, deterministic) and a BPE
-  tokenizer trained on its corpus, under ``WORKDIR/data`` and ``WORKDIR/tokenizer``;
+  tokenizer trained on its corpus, under ``WORKDIR/data`` and ``WORKDIR/tokenizer``; or an
+  imported training set (Geo3K, ScienceQA, OCR-VQA: ``data.dataset``, ``data.source_dir``),
+  whose train and val splits are imported into ``WORKDIR/data``;
 * ``sft_target``: trains the (small, demo) target from scratch on the reference chains;
 * ``sft_draft``: trains the much smaller draft the same way (its warm start);
 * ``sapo``: RL on the draft against the frozen target (`training.sapo`), reporting the
@@ -18,11 +20,20 @@ Stages, in order (``stages`` selects a subset; each restores the previous one's 
 
 Re-running the same command resumes: finished stages are reused (their checkpoints and
 files), an interrupted one continues from its last checkpoint.
+
+**Real checkpoints.** A `ModelSpec` with ``checkpoint`` set starts from that Hugging Face
+Qwen3-VL directory (`hf.load_pretrained`, straight into the role's mesh) instead of a
+built-in model; the tokenizer and image processor then come from the target's checkpoint
+(images resized to at most ``data.max_patches`` vision patches). A real-scale run skips the
+SFT stages (``stages=("data", "sapo", "export", "eval")``): a role whose SFT stage is not
+listed and has not finished in the workdir uses its checkpoint as it is, and ``export``
+writes only what changed (the SAPO draft), pointing at the checkpoints for the rest.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import shutil
@@ -35,14 +46,21 @@ from flax import nnx
 
 from dreamr_jax import config as config_lib
 from dreamr_jax import eval as eval_lib
-from dreamr_jax.data import synthetic, synthetic_tfds
+from dreamr_jax.data import import_tfds, synthetic, synthetic_tfds
 from dreamr_jax.data.tokenizer_train import build_synthetic_tokenizer
 from dreamr_jax.models import hf
 from dreamr_jax.models.qwen3_vl import Qwen3VL
 from dreamr_jax.models.sharding import init_sharded
 from dreamr_jax.processing import ImageProcessorConfig, load_tokenizer
 from dreamr_jax.spec import SpecConfig, VerifierConfig
-from dreamr_jax.spec.roles import DTYPES, MeshSection, ModelSection, builtin_config
+from dreamr_jax.spec.engine import check_pair
+from dreamr_jax.spec.roles import (
+    DTYPES,
+    MeshSection,
+    ModelSection,
+    builtin_config,
+    check_tokenizers,
+)
 from dreamr_jax.training import demo_report
 from dreamr_jax.training.checkpoint import check_workdir
 from dreamr_jax.training.sapo import SAPOConfig, Scorer, policy_stats, run_sapo
@@ -56,6 +74,12 @@ STAGES = ("data", "sft_target", "sft_draft", "sapo", "export", "eval")
 # Exported directory -> the model it holds.
 EXPORTS = {"target": "target_sft", "draft_sft": "draft_sft", "draft_sapo": "draft_sapo"}
 
+# Training sets the data stage can import (`import_tfds`), and the importer split each of
+# the run's splits reads.
+IMPORTED = ("geo3k", "scienceqa", "ocrvqa")
+DATASETS = ("synthetic", *IMPORTED)
+IMPORTED_SPLITS = {"train": "train", "validation": "val", "test": "test"}
+
 
 class StageError(RuntimeError):
     """A stage's input (an earlier stage's result) is missing."""
@@ -63,16 +87,28 @@ class StageError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class DataSection:
-    """The synthetic dataset and the tokenizer trained on it.
+    """The training data: the synthetic dataset and the tokenizer trained on it, or an
+    imported training set.
 
     Attributes:
+      dataset: "synthetic" (built-in, generated) or an imported training set ("geo3k",
+        "scienceqa", "ocrvqa"); an imported one needs ``target_model.checkpoint`` (its
+        tokenizer: the trained one only covers the synthetic corpus).
+      source_dir: imported sets: the raw files in their published layout; the data stage
+        imports the train and val splits into ``WORKDIR/data`` once.
+      max_patches: checkpoint runs: images are resized by the target checkpoint's image
+        processor to at most this many vision patches (before the 2x2 merge), the static
+        patch budget of every training row.
       synthetic: the generator's settings (seed, image size, families, difficulty); images
         are not resized, so every example has one static patch grid.
-      train_size, validation_size, test_size: examples per split.
+      train_size, validation_size, test_size: synthetic examples per split.
       tokenizer_vocab: BPE vocabulary size of the trained tokenizer.
       tokenizer_examples: training examples the tokenizer is trained on.
     """
 
+    dataset: str = "synthetic"
+    source_dir: str = ""
+    max_patches: int = 1024
     synthetic: synthetic.SyntheticConfig = synthetic.SyntheticConfig(image_size=64)
     train_size: int = 20_000
     validation_size: int = 256
@@ -88,6 +124,9 @@ class DataSection:
         }
 
     def validate(self):
+        require = config_lib.require
+        require(self.dataset in DATASETS, "dataset", self.dataset, f"must be one of {DATASETS}")
+        require(self.max_patches >= 4, "max_patches", self.max_patches, "must be >= 4")
         self.synthetic.validate()
         for name, n in self.sizes().items():
             config_lib.require(n >= 1, f"{name}_size", n, "must be >= 1")
@@ -98,16 +137,20 @@ class DataSection:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """A built-in model trained from scratch (the demo's target and draft).
+    """A role's model: a Hugging Face checkpoint, or a built-in model trained from scratch
+    (the demo's target and draft).
 
     Attributes:
+      checkpoint: a local Hugging Face Qwen3-VL directory to start from; "" = the built-in
+        model below (whose sizes are then ignored).
       hidden_size, num_layers, num_heads, num_kv_heads, head_dim, intermediate_size: the
         text decoder.
       vision_depth, vision_hidden, vision_heads: the vision tower.
-      dtype: parameter dtype.
+      dtype: parameter dtype ("bfloat16" at real scale, as the paper trains).
       seed: initialisation seed.
     """
 
+    checkpoint: str = ""
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
@@ -158,8 +201,39 @@ class TrainConfig:
     draft_mesh: MeshSection = MeshSection()
 
     def validate(self):
+        require = config_lib.require
         bad = [s for s in self.stages if s not in STAGES]
-        config_lib.require(not bad, "stages", self.stages, f"unknown {bad}; pick from {STAGES}")
+        require(not bad, "stages", self.stages, f"unknown {bad}; pick from {STAGES}")
+        target, draft = self.target_model.checkpoint, self.draft_model.checkpoint
+        require(
+            bool(target) or not draft,
+            "draft_model.checkpoint",
+            draft,
+            "needs target_model.checkpoint too (both models must share the target's tokenizer)",
+        )
+        data = self.data
+        if data.dataset != "synthetic":
+            require(
+                bool(target),
+                "data.dataset",
+                data.dataset,
+                "needs target_model.checkpoint (the trained tokenizer covers only the "
+                "synthetic corpus)",
+            )
+            sft = [s for s in self.stages if s.startswith("sft_")]
+            require(
+                not sft,
+                "stages",
+                self.stages,
+                f"{sft} train on the synthetic reference chains; with an imported dataset "
+                "list only data, sapo, export and eval",
+            )
+            require(
+                "data" not in self.stages or bool(data.source_dir),
+                "data.source_dir",
+                data.source_dir,
+                f"the data stage needs the {data.dataset} files to import",
+            )
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig))
@@ -183,22 +257,50 @@ class Run:
     def tokenizer_dir(self) -> Path:
         return self.dir / "tokenizer"
 
+    @property
+    def from_checkpoints(self) -> bool:
+        """Whether the tokenizer and image processor come from the target's checkpoint."""
+        return bool(self.cfg.target_model.checkpoint)
+
     def source(self, split: str):
+        """Random-access records of ``split`` ("train", "validation", "test")."""
         d = self.cfg.data
-        return synthetic_tfds.load(str(self.dir / "data"), d.synthetic, split, d.sizes())
+        if d.dataset == "synthetic":
+            return synthetic_tfds.load(str(self.dir / "data"), d.synthetic, split, d.sizes())
+        return import_tfds.load(d.dataset, self.dir / "data", IMPORTED_SPLITS[split])
 
     def tokenizer(self):
         if not hasattr(self, "_tok"):
-            if not (self.tokenizer_dir / "tokenizer.json").exists():
+            if self.from_checkpoints:
+                self._tok = self._checkpoint_tokenizer()
+            elif not (self.tokenizer_dir / "tokenizer.json").exists():
                 raise StageError(
                     f"no dataset / tokenizer in {self.dir}: run stage 'data' first "
                     "(add it to stages)."
                 )
-
-            self._tok = load_tokenizer(self.tokenizer_dir)
+            else:
+                self._tok = load_tokenizer(self.tokenizer_dir)
         return self._tok
 
+    def _checkpoint_tokenizer(self):
+        """The target checkpoint's tokenizer, after checking that a draft checkpoint reads
+        prompts the same way (configs and tokenizers only: no weight is read)."""
+        target = self.cfg.target_model.checkpoint
+        tok = load_tokenizer(target)
+        draft = self.cfg.draft_model.checkpoint
+        if draft:
+            check_pair(hf.read_config(draft), hf.read_config(target))
+            check_tokenizers(load_tokenizer(draft), tok)
+        return tok
+
     def image_cfg(self, model_cfg) -> ImageProcessorConfig:
+        if self.from_checkpoints:  # the target's processor, within the patch budget
+            base = ImageProcessorConfig.from_pretrained(self.cfg.target_model.checkpoint)
+            cap = self.patches(model_cfg) * base.patch_size**2
+            # Upscaling a small image rounds both sides up; a floor of a quarter of the cap
+            # keeps that inside the cap (up to aspect ratios far beyond real images').
+            low = min(base.min_pixels, cap // 4)
+            return dataclasses.replace(base, min_pixels=low, max_pixels=min(base.max_pixels, cap))
         v, side = model_cfg.vision, self.cfg.data.synthetic.image_size
         return ImageProcessorConfig(
             patch_size=v.patch_size,
@@ -209,21 +311,57 @@ class Run:
         )
 
     def patches(self, model_cfg) -> int:
-        return (self.cfg.data.synthetic.image_size // model_cfg.vision.patch_size) ** 2
+        """Static image patches per training row."""
+        v = model_cfg.vision
+        if self.from_checkpoints:
+            unit = v.spatial_merge_size**2
+            return self.cfg.data.max_patches // unit * unit
+        return (self.cfg.data.synthetic.image_size // v.patch_size) ** 2
 
     def init_model(self, role: str):
+        """The role's starting model on its mesh: its checkpoint, or a fresh built-in one."""
         spec = self.cfg.target_model if role == "target" else self.cfg.draft_model
-        mcfg = spec.model_config(self.tokenizer())
         mesh = (self.cfg.target_mesh if role == "target" else self.cfg.draft_mesh).mesh(role)
         dtype = DTYPES[spec.dtype]
+        if spec.checkpoint:
+            self.tokenizer()  # checks the pair before any weight is read
+            model, _ = hf.load_pretrained(spec.checkpoint, dtype=dtype, mesh=mesh)
+            return model, mesh
+        mcfg = spec.model_config(self.tokenizer())
         model = init_sharded(lambda: Qwen3VL(mcfg, dtype=dtype, rngs=nnx.Rngs(spec.seed)), mesh)
         return model, mesh
+
+    def _as_is(self, role: str) -> bool:
+        """Whether the role's SFT model is its checkpoint, unchanged: it has one, and its
+        SFT stage is neither listed nor finished in this workdir."""
+        spec = self.cfg.target_model if role == "target" else self.cfg.draft_model
+        stage = f"sft_{role}"
+        return bool(spec.checkpoint) and stage not in self.cfg.stages and not self.finished(stage)
+
+    def export_dir(self, name: str) -> Path:
+        """Where exported model ``name`` (of `EXPORTS`) is: a checkpoint used unchanged is
+        not copied, it is its own export."""
+        model_name = EXPORTS[name]
+        if model_name != "draft_sapo":
+            role = "target" if model_name == "target_sft" else "draft"
+            if self._as_is(role):
+                spec = self.cfg.target_model if role == "target" else self.cfg.draft_model
+                return Path(spec.checkpoint)
+        return self.dir / "export" / name
 
     # ------------------------------------------------------------------------- stages
 
     def data(self) -> None:
         d = self.cfg.data
-        synthetic_tfds.build(str(self.dir / "data"), d.synthetic, d.sizes())
+        if d.dataset == "synthetic":
+            synthetic_tfds.build(str(self.dir / "data"), d.synthetic, d.sizes())
+        else:  # the splits SAPO reads: train, and val for the before/after check
+            for split in ("train", "validation"):
+                import_tfds.build(
+                    d.dataset, d.source_dir, self.dir / "data", IMPORTED_SPLITS[split]
+                )
+        if self.from_checkpoints:  # the tokenizer is the checkpoint's
+            return
         if not (self.tokenizer_dir / "tokenizer.json").exists():
             tmp = self.dir / "tokenizer.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -239,7 +377,7 @@ class Run:
             done = (self.dir / stage / "checkpoints" / str(steps)).is_dir()
             return done and (stage != "sapo" or (self.dir / "sapo" / "effect.json").exists())
         if stage == "export":
-            return all((self.dir / "export" / n / "config.json").exists() for n in EXPORTS)
+            return all((self.export_dir(n) / "config.json").exists() for n in EXPORTS)
         return False
 
     def _require(self, stage: str) -> None:
@@ -269,12 +407,14 @@ class Run:
             mesh,
             config=self.raw,
             desc=stage,
+            verifier=self.cfg.verifier,
         )
         self._stop_if_preempted(result)
         self.models[f"{role}_sft"] = trained
 
     def model(self, name: str):
-        """A stage's model: in memory, or restored from the stage's final checkpoint.
+        """A stage's model: in memory, restored from the stage's final checkpoint, or (for
+        ``target_sft`` / ``draft_sft`` without an SFT stage) the role's checkpoint.
 
         Raises:
           StageError: the stage that makes it has not finished in this workdir.
@@ -285,8 +425,11 @@ class Run:
                 self.sapo(load_only=True)
             else:
                 role = "target" if name == "target_sft" else "draft"
-                self._require(f"sft_{role}")
-                self.sft(role, load_only=True)
+                if self._as_is(role):
+                    self.models[name] = self.init_model(role)[0]
+                else:
+                    self._require(f"sft_{role}")
+                    self.sft(role, load_only=True)
         return self.models[name]
 
     def sapo(self, *, load_only: bool = False) -> None:
@@ -325,7 +468,7 @@ class Run:
 
     def export(self) -> None:
         for name, model_name in EXPORTS.items():
-            out = self.dir / "export" / name
+            out = self.export_dir(name)
             if (out / "config.json").exists():
                 continue
             model = self.model(model_name)
@@ -376,20 +519,33 @@ class Run:
         """Every engine with the SFT draft and with the SAPO draft, on the held-out split;
         then the report. A finished evaluation (its summary exists) is reused."""
         cfg = self.cfg
-        sec = dataclasses.replace(
-            cfg.eval,
-            dataset="synthetic",
-            synthetic=cfg.data.synthetic,
-            data_dir=str(self.dir / "data"),
-        )
+        if cfg.data.dataset == "synthetic":  # held-out examples of the training set
+            sec = dataclasses.replace(
+                cfg.eval,
+                dataset="synthetic",
+                synthetic=cfg.data.synthetic,
+                data_dir=str(self.dir / "data"),
+            )
+        else:  # the benchmark the eval section names
+            sec = dataclasses.replace(
+                cfg.eval, data_dir=cfg.eval.data_dir or str(self.dir / "data")
+            )
+        # The evaluation loads the exported models itself: free the stages' copies first (at
+        # real scale a second 32B target would not fit next to the first).
+        self.models.clear()
+        gc.collect()
         summaries = {}
         for draft in ("draft_sft", "draft_sapo"):
             out = self.dir / f"eval_{draft}"
             done = out / "eval" / "summary.json"
             if not done.exists():
                 ecfg = eval_lib.EvalConfig(
-                    target=ModelSection(checkpoint=str(self.dir / "export" / "target")),
-                    draft=ModelSection(checkpoint=str(self.dir / "export" / draft)),
+                    target=ModelSection(
+                        checkpoint=str(self.export_dir("target")), dtype=cfg.target_model.dtype
+                    ),
+                    draft=ModelSection(
+                        checkpoint=str(self.export_dir(draft)), dtype=cfg.draft_model.dtype
+                    ),
                     spec=cfg.spec,
                     verifier=cfg.verifier,
                     target_mesh=cfg.target_mesh,
@@ -401,9 +557,7 @@ class Run:
         self._require("export")
         effect = self.dir / "sapo" / "effect.json"
         sapo_effect = json.loads(effect.read_text()) if effect.exists() else None
-        models = {
-            name: hf.read_config(self.dir / "export" / name) for name in ("target", "draft_sft")
-        }
+        models = {name: hf.read_config(self.export_dir(name)) for name in ("target", "draft_sft")}
         paths = demo_report.write(
             self.dir, summaries, sapo_effect, models, self.notes, alpha=cfg.verifier.alpha
         )

@@ -155,7 +155,8 @@ class Step:
       tokens: its token ids (delimiter or end-of-sequence included).
       source: "draft" (accepted), "target" (fallback, bonus, or a baseline's step) or
         "draft_only".
-      window_pos: 1-based position in its verification window (None if not verified).
+      window_pos: 1-based position in its verification window (a bonus step: K+1; None
+        for a baseline's step).
       p: the verifier's score of the draft step this one accepts or replaces.
     """
 
@@ -492,11 +493,8 @@ class _Run:
                 fallback = a < n
                 step, target = self.target_step(new_target, rows, a)
                 self.m.count_target_step(fallback)
-                self.emit(
-                    Step(
-                        step, "target", a + 1 if fallback else None, p_host[a] if fallback else None
-                    )
-                )
+                # A fallback replaces window position a+1; a bonus step follows the window.
+                self.emit(Step(step, "target", a + 1, p_host[a] if fallback else None))
                 if overlap:  # the speculative window assumed a different prefix
                     wasted = jax.device_get([o.lengths for o in pending[0]])
                     self.m.draft_tokens += int(sum(int(x[0]) for x in wasted))

@@ -29,8 +29,9 @@ import numpy as np
 from flax import nnx
 
 from dreamr_jax.config import require
+from dreamr_jax.data import questions
 from dreamr_jax.data.grading import grade
-from dreamr_jax.data.synthetic_tfds import as_record
+from dreamr_jax.data.questions import Question
 from dreamr_jax.processing.image import ImageProcessorConfig, preprocess_images
 from dreamr_jax.processing.prompt import build_prompt
 from dreamr_jax.rl.advantages import group_advantages
@@ -102,22 +103,30 @@ class SAPOConfig:
 
 
 def make_prompts(
-    records: Sequence[Mapping], tokenizer, image_cfg: ImageProcessorConfig
-) -> tuple[Prompts, list[dict]]:
-    """Chat prompts (user: image + question, then the assistant header) for records in
-    `synthetic.to_record`'s shape; returns the prompts and the decoded records."""
-    recs = [as_record(r) for r in records]
+    records: Sequence, tokenizer, image_cfg: ImageProcessorConfig
+) -> tuple[Prompts, list[Question]]:
+    """Chat prompts (user: image + question, then the assistant header) for records.
+
+    Args:
+      records: synthetic records (`synthetic.to_record`'s shape, raw or decoded) or
+        imported ones (`Record`s or raw `import_tfds` examples: encoded images, options
+        appended to the question as `dreamr_jax.eval` does; see `questions`).
+
+    Returns:
+      The prompts and each record's `Question` (gold answer, answer type, options).
+    """
+    qs = [questions.from_example(r) for r in records]
     ids, pixels, grids = [], [], []
-    for rec in recs:
-        pv, grid = preprocess_images(rec["image"], image_cfg)
-        user = [{"type": "image"}, {"type": "text", "text": rec["question"]}]
+    for q in qs:
+        pv, grid = preprocess_images(q.image, image_cfg)
+        user = [{"type": "image"}, {"type": "text", "text": q.question}]
         prompt, _ = build_prompt(
             tokenizer, [{"role": "user", "content": user}], grid, merge_size=image_cfg.merge_size
         )
         ids.append(prompt)
         pixels.append(pv)
         grids.append(grid)
-    return Prompts(ids, pixels, grids), recs
+    return Prompts(ids, pixels, grids), qs
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -167,7 +176,7 @@ class Scorer:
 
     def __call__(self, policy, records, rng, rollout: RolloutConfig | None = None) -> Scored:
         rollout = rollout or self.cfg.rollout
-        prompts, recs = make_prompts(records, self.tokenizer, self.image_cfg)
+        prompts, qs = make_prompts(records, self.tokenizer, self.image_cfg)
         out = sample_rollouts(
             policy, prompts, rollout, self.tokenizer, rng, eos_ids=self.eos_ids, pad_id=self.pad_id
         )
@@ -188,9 +197,9 @@ class Scorer:
                     self.tokenizer.decode(
                         out.tokens[r, : out.lengths[r]], skip_special_tokens=True
                     ),
-                    recs[r // g]["answer"],
-                    answer_type=recs[r // g]["answer_type"],
-                    choices=recs[r // g]["choices"] or None,
+                    qs[r // g].gold,
+                    answer_type=qs[r // g].answer_type,
+                    choices=qs[r // g].choices or None,
                 )
                 for r in range(out.tokens.shape[0])
             ]

@@ -14,6 +14,7 @@ from flax import nnx
 from dreamr_jax.config import require
 from dreamr_jax.data.pipeline import PipelineConfig, make_dataset
 from dreamr_jax.processing.image import ImageProcessorConfig
+from dreamr_jax.spec.verify import VerifierConfig
 from dreamr_jax.training.checkpoint import CheckpointConfig
 from dreamr_jax.training.loop import LoopResult, run_loop
 from dreamr_jax.training.objectives import prepare_batch, sft_objective
@@ -32,6 +33,9 @@ class SFTConfig:
       patches_per_row: static image patches of one example (multiple of merge_size**2).
       micro_batches: gradient-accumulation micro-batches per update.
       seed: data-order seed.
+      verify_fraction: share of examples that teach the CPN verifier's task (the step
+        judged correct or not, `data.verification`); the demo's target needs it, since no
+        instruction tuning taught it to answer the verifier's question.
       optim: AdamW + warmup/cosine settings.
       checkpoint: save period and retention.
     """
@@ -42,6 +46,7 @@ class SFTConfig:
     patches_per_row: int = 64
     micro_batches: int = 1
     seed: int = 0
+    verify_fraction: float = 0.0
     optim: OptimConfig = OptimConfig(learning_rate=1e-3, warmup_steps=20, total_steps=200)
     checkpoint: CheckpointConfig = CheckpointConfig(every_steps=50, keep=2)
 
@@ -55,6 +60,12 @@ class SFTConfig:
             "micro_batches",
             self.micro_batches,
             f"must divide batch_size={self.batch_size}",
+        )
+        require(
+            0.0 <= self.verify_fraction <= 1.0,
+            "verify_fraction",
+            self.verify_fraction,
+            "must be in [0, 1]",
         )
         self.optim.validate()
         self.checkpoint.validate()
@@ -72,6 +83,7 @@ def run_sft(
     *,
     config: Mapping | None = None,
     desc: str = "sft",
+    verifier: VerifierConfig | None = None,
 ) -> tuple[object, LoopResult]:
     """Trains ``model`` on ``source``'s reasoning chains; resumes from ``stage_dir``.
 
@@ -85,11 +97,14 @@ def run_sft(
       tokenizer, image_cfg: the model's tokenizer and image settings.
       cfg: the stage settings.
       mesh: the model's mesh.
+      verifier: the engine's verifier (question and verdict words of the verification
+        examples, when ``cfg.verify_fraction > 0``).
 
     Returns:
       ``(trained model, LoopResult)``.
     """
     cfg.validate()
+    verifier = verifier or VerifierConfig()
     tx = make_optimizer(cfg.optim)
     graphdef = nnx.graphdef(model)
     state = init_train_state(model, tx)
@@ -101,6 +116,9 @@ def run_sft(
         shuffle=True,
         seed=cfg.seed,
         num_epochs=None,
+        verify_fraction=cfg.verify_fraction,
+        verify_question=verifier.question,
+        verify_words=(verifier.positive_words[0], verifier.negative_words[0]),
     )
     iterator = iter(
         make_dataset(

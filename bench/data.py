@@ -1,0 +1,469 @@
+"""Training-data pipeline throughput vs the rate one SFT train step consumes examples.
+
+Everything follows the demo (``configs/demo.py`` read with `dreamr_jax.config.load_config`,
+so the bench follows the config): the ``data`` stage builds the synthetic TFDS split and
+trains the BPE tokenizer (`train.Run.data`, in a temporary directory or ``--workdir``, with
+``data.train_size`` set by ``--train_size`` to keep generation short), the models are the
+demo's target and draft (`train.Run.init_model`), and the pipeline is the one `run_sft`
+builds for the stage (``PipelineConfig`` from the stage's ``SFTConfig``, ``worker_count``
+0 as in the demo, also 1 and 2 with ``--workers``).
+
+Measured in one process:
+
+1. pipeline: examples/s of ``next(iter(make_dataset(...)))`` plus `prepare_batch` (the
+   host work the train loop does per batch), after ``--warmup`` batches, over
+   ``--batches`` batches, for each worker count. The iterator is closed afterwards so its
+   prefetch threads (grain's default: 16 threads, 500 elements ahead) stop competing for
+   the CPU.
+2. where the time goes: the same work for ``--profile_examples`` examples run stage by
+   stage in this thread (no grain threads): record read + PNG decode, image
+   preprocessing, prompt rendering + tokenisation, the rest of `TokenizeExample.map`
+   (padding, masks, M-RoPE ids), `collate` and `prepare_batch` (of which `vision_inputs`),
+   in ms per example.
+3. consumption: examples/s of the stage's jitted train step (`make_train_step` with
+   `sft_objective`, as `run_sft`) at the stage's batch size, on prepared pipeline batches,
+   after compilation and ``--warmup`` steps, ``block_until_ready`` after each step; for the
+   target and the draft.
+4. end to end: the same step fed live from a worker-0 iterator as `run_sft` does
+   (``prepare_batch(next(it))`` then the step), so the pipeline's threads share the CPU
+   with the step as in a training run; its examples/s against (3) shows whether data
+   slows training down.
+
+Goal (issue 3): pipeline examples/s >= 10x the target step's (the pipeline is never the
+bottleneck). The draft's step consumes faster; its ratio is reported too.
+
+Usage: ``python bench/data.py [--quick]`` (default ~2 min on 2 busy CPU cores, --quick
+~1 min). Extra ``--override key=value`` entries change the config (as ``--config.key=v``).
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+GOAL_RATIO = 10.0  # pipeline examples/s over the target step's examples/s
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small data, few batches (~1 min)")
+    p.add_argument("--config", default="configs/demo.py", help="config file[:variant]")
+    p.add_argument("--override", nargs="*", default=[], help="config overrides key=value")
+    p.add_argument("--workdir", default=None, help="data + tokenizer here (default: temp)")
+    p.add_argument("--train_size", type=int, default=None, help="train examples (1024; q 256)")
+    p.add_argument("--workers", default=None, help="worker counts to time (0,1,2; quick 0)")
+    p.add_argument("--batches", type=int, default=None, help="timed batches (40; quick 10)")
+    p.add_argument("--steps", type=int, default=None, help="timed target steps (10; quick 3)")
+    p.add_argument(
+        "--read_options",
+        default=None,
+        help="diagnostic: worker-0 pipelines re-read with grain.ReadOptions(num_threads/"
+        "prefetch_buffer_size), e.g. 2/8,16/32 (default 2/8,16/32; quick 2/8)",
+    )
+    p.add_argument("--warmup", type=int, default=2, help="untimed batches / steps first")
+    p.add_argument("--profile_examples", type=int, default=None, help="(64; quick 32)")
+    args = p.parse_args(argv)
+    args.train_size = args.train_size or (256 if args.quick else 1024)
+    args.workers = [int(w) for w in (args.workers or ("0" if args.quick else "0,1,2")).split(",")]
+    reads = args.read_options or ("2/8" if args.quick else "2/8,16/32")
+    args.read_options = [tuple(int(x) for x in r.split("/")) for r in reads.split(",") if r]
+    args.batches = args.batches or (10 if args.quick else 40)
+    args.steps = args.steps or (3 if args.quick else 10)
+    args.profile_examples = args.profile_examples or (32 if args.quick else 64)
+    return args
+
+
+@dataclasses.dataclass
+class Stage:
+    """One SFT stage as the demo builds it: model, mesh, settings, pipeline inputs."""
+
+    role: str
+    model: object
+    mesh: object
+    sft: object  # SFTConfig with patches_per_row set from the model (as Run.sft does)
+    pipe: object  # PipelineConfig as run_sft builds it
+    image_cfg: object
+
+
+def build_stage(run, role: str):
+    from dreamr_jax.data.pipeline import PipelineConfig
+
+    model, mesh = run.init_model(role)
+    sec = run.cfg.sft_target if role == "target" else run.cfg.sft_draft
+    sec = dataclasses.replace(sec, patches_per_row=run.patches(model.cfg))
+    image_cfg = run.image_cfg(model.cfg)
+    unit = image_cfg.merge_size**2
+    pipe = PipelineConfig(  # the fields run_sft sets; worker_count 0 as there
+        batch_size=sec.batch_size,
+        seq_len=sec.seq_len,
+        num_patches=-(-sec.batch_size * sec.patches_per_row // unit) * unit,
+        shuffle=True,
+        seed=sec.seed,
+        num_epochs=None,
+    )
+    return Stage(role, model, mesh, sec, pipe, image_cfg)
+
+
+def variant_name(workers: int, read: tuple[int, int] | None = None) -> str:
+    name = f"worker_count={workers}"
+    return name if read is None else f"{name}, ReadOptions({read[0]}, {read[1]})"
+
+
+def open_iterator(stage: Stage, source, tokenizer, workers: int, read=None):
+    """``iter(make_dataset(...))`` at ``workers``; with ``read = (threads, buffer)`` (worker
+    count 0 only) its last step, ``to_iter_dataset()`` with grain's default ReadOptions
+    (16 threads, 500 elements), is redone with those options: a diagnostic of a change."""
+    import grain
+
+    from dreamr_jax.data.pipeline import make_dataset
+
+    pipe = dataclasses.replace(stage.pipe, worker_count=workers)
+    ds = make_dataset(source, pipe, tokenizer, stage.image_cfg)
+    if read is not None:
+        (batched,) = ds.parents  # the MapDataset of batches before to_iter_dataset
+        options = grain.ReadOptions(num_threads=read[0], prefetch_buffer_size=read[1])
+        ds = batched.to_iter_dataset(options)
+    return iter(ds)
+
+
+def prepared(stage: Stage, batch):
+    from dreamr_jax.training.objectives import prepare_batch
+
+    return prepare_batch(batch, stage.model.cfg, patches_per_row=stage.sft.patches_per_row)
+
+
+@contextlib.contextmanager
+def closing_iterator(it):
+    try:
+        yield it
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+
+
+def time_pipeline(stage: Stage, source, tokenizer, workers: int, read, args) -> dict:
+    """Examples/s of next + prepare_batch over ``args.batches`` after a warm-up."""
+    t0 = time.perf_counter()
+    with closing_iterator(open_iterator(stage, source, tokenizer, workers, read)) as it:
+        for _ in range(args.warmup):
+            prepared(stage, next(it))
+        t1 = time.perf_counter()
+        for _ in range(args.batches):
+            prepared(stage, next(it))
+        t2 = time.perf_counter()
+    n = args.batches * stage.pipe.batch_size
+    return {"examples_per_s": n / (t2 - t1), "startup_s": t1 - t0, "examples": n}
+
+
+def profile_stages(stage: Stage, source, tokenizer, n: int) -> dict:
+    """Milliseconds per example of each pipeline stage, run one after another here."""
+    from dreamr_jax.data.pipeline import TokenizeExample, collate
+    from dreamr_jax.data.synthetic_tfds import as_record
+    from dreamr_jax.models.vision import vision_inputs
+    from dreamr_jax.processing.image import preprocess_images
+
+    n = max(n, stage.pipe.batch_size)  # at least one batch for collate / prepare_batch
+    tok = TokenizeExample(stage.pipe, tokenizer, stage.image_cfg)
+    clock = dict.fromkeys(("read", "as_record", "image", "tokenize", "map"), 0.0)
+    examples = []
+
+    def timed(key, fn, *a):
+        t = time.perf_counter()
+        out = fn(*a)
+        clock[key] += time.perf_counter() - t
+        return out
+
+    warm = [tok.map(source[i % len(source)]) for i in range(stage.pipe.batch_size)]
+    prepared(stage, collate(warm, stage.pipe.num_patches))  # first calls compile / cache
+    clock.update(dict.fromkeys(clock, 0.0))
+    for i in range(n):
+        raw = timed("read", source.__getitem__, i % len(source))
+        rec = timed("as_record", as_record, raw)
+        timed("image", preprocess_images, rec["image"], stage.image_cfg)
+        timed("tokenize", tok._tokenize, rec)  # image + prompt (two chat renders)
+    for i in range(n, 2 * n):  # other records: a repeat would hit the BPE word cache
+        examples.append(
+            timed("map", tok.map, source[i % len(source)])
+        )  # as_record + tokenize + rest
+    b = stage.pipe.batch_size
+    batches = [examples[i : i + b] for i in range(0, n - b + 1, b)]
+    rows = examples[: len(batches) * b]
+    t = time.perf_counter()
+    collated = [collate(e, stage.pipe.num_patches) for e in batches]
+    clock["collate"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for batch in collated:
+        prepared(stage, batch)
+    clock["prepare_batch"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for e in rows:  # what prepare_batch calls per row
+        grid = e["image_grid_thw"][None]
+        vision_inputs(
+            e["pixel_values"], grid, stage.model.cfg.vision, pad_to=stage.sft.patches_per_row
+        )
+    clock["vision_inputs"] = time.perf_counter() - t
+    ms = {
+        k: v * 1e3 / (len(rows) if k in ("collate", "prepare_batch", "vision_inputs") else n)
+        for k, v in clock.items()
+    }
+    out = {
+        "read_decode": ms["read"],
+        "as_record": ms["as_record"],
+        "image_preprocess": ms["image"],
+        "prompt_tokenize": ms["tokenize"] - ms["image"],
+        "map_rest_pad_masks_rope": ms["map"] - ms["tokenize"] - ms["as_record"],
+        "collate": ms["collate"],
+        "prepare_batch": ms["prepare_batch"],
+    }
+    out["total"] = sum(out.values())
+    out["of_which_vision_inputs"] = ms["vision_inputs"]  # inside prepare_batch
+    return out
+
+
+def make_step(stage: Stage):
+    """The stage's jitted train step and initial state, as `run_sft` makes them."""
+    from flax import nnx
+
+    from dreamr_jax.training.objectives import sft_objective
+    from dreamr_jax.training.optim import make_optimizer, make_schedule
+    from dreamr_jax.training.step import init_train_state, make_train_step
+
+    tx = make_optimizer(stage.sft.optim)
+    step = make_train_step(
+        nnx.graphdef(stage.model),
+        sft_objective,
+        tx,
+        mesh=stage.mesh,
+        learning_rate=make_schedule(stage.sft.optim),
+        micro_batches=stage.sft.micro_batches,
+    )
+    return step, init_train_state(stage.model, tx)
+
+
+def time_steps(step, state, next_batch, n: int, warmup: int):
+    """Seconds of ``n`` steps (each blocked on) after ``warmup``; returns (state, s)."""
+    import jax
+
+    for _ in range(warmup):
+        state, metrics = step(state, next_batch())
+        jax.block_until_ready((state, metrics))
+    t = time.perf_counter()
+    for _ in range(n):
+        state, metrics = step(state, next_batch())
+        jax.block_until_ready((state, metrics))
+    return state, time.perf_counter() - t
+
+
+def time_training(stage: Stage, source, tokenizer, steps: int, live, args) -> dict:
+    """Step alone on fixed prepared batches, then fed live from each ``(workers, read)``
+    pipeline of ``live`` as `run_sft` feeds it."""
+    import itertools
+
+    import jax
+
+    step, state = make_step(stage)
+    with closing_iterator(open_iterator(stage, source, tokenizer, 0)) as it:
+        fixed = [prepared(stage, next(it)) for _ in range(3)]
+    t = time.perf_counter()
+    state, metrics = step(state, fixed[0])
+    jax.block_until_ready((state, metrics))
+    compile_s = time.perf_counter() - t
+    cycle = itertools.cycle(fixed)
+    state, alone = time_steps(step, state, lambda: next(cycle), steps, args.warmup)
+    b = stage.pipe.batch_size
+    out = {
+        "batch_size": b,
+        "compile_s": compile_s,
+        "step_ms": alone / steps * 1e3,
+        "examples_per_s": b * steps / alone,
+        "steps": steps,
+        "live": {},
+    }
+    for workers, read in live:
+        with closing_iterator(open_iterator(stage, source, tokenizer, workers, read)) as it:
+            feed = lambda: prepared(stage, next(it))  # noqa: E731
+            state, s = time_steps(step, state, feed, steps, args.warmup)
+        out["live"][variant_name(workers, read)] = {
+            "step_ms": s / steps * 1e3,
+            "examples_per_s": b * steps / s,
+            "fraction_of_alone": alone / s,
+        }
+    return out
+
+
+def count_params(model) -> int:
+    import jax
+    from flax import nnx
+
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def load_run(args, workdir: str):
+    """The demo's `train.Run` on ``workdir`` with the data stage done (built once)."""
+    from dreamr_jax import config as config_lib
+    from dreamr_jax import train as train_lib
+
+    overrides = [f"data.train_size={args.train_size}", *args.override]
+    raw = config_lib.load_config(args.config, overrides)
+    sections = {k: raw[k] for k in train_lib.SECTIONS if k in raw}
+    cfg = config_lib.to_dataclass(train_lib.TrainConfig, sections)
+    run = train_lib.Run(cfg, workdir)
+    t = time.perf_counter()
+    run.data()
+    return run, time.perf_counter() - t
+
+
+def print_header(args, run, data_s: float) -> list[float]:
+    import jax
+
+    cores = os.cpu_count()
+    load = os.getloadavg()
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {cores} CPU cores; python "
+        f"{platform.python_version()}, jax {jax.__version__} ({jax.devices()[0].platform}); "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+        + ("  WARNING: other processes share the CPU" if load[0] > 0.5 * cores else "")
+    )
+    d = run.cfg.data
+    print(
+        f"config {args.config} {' '.join(args.override)}: train_size {d.train_size}, image "
+        f"{d.synthetic.image_size}px, tokenizer vocab {d.tokenizer_vocab} "
+        f"({len(run.tokenizer())} tokens); data stage {data_s:.1f} s"
+        + (" [--quick]" if args.quick else "")
+    )
+    return list(load)
+
+
+def measure(args, run) -> dict:
+    source, tokenizer = run.source("train"), run.tokenizer()
+    stages = {role: build_stage(run, role) for role in ("target", "draft")}
+    out = {"pipeline": {}, "models": {}}
+    for role, stage in stages.items():
+        p, s = stage.pipe, stage.sft
+        print(
+            f"{role}: {count_params(stage.model):,} params; batch {p.batch_size}, seq_len "
+            f"{p.seq_len}, {s.patches_per_row} patches/row, num_patches {p.num_patches}"
+        )
+    target = stages["target"]
+    if stages["draft"].pipe != target.pipe or stages["draft"].sft.patches_per_row != (
+        target.sft.patches_per_row
+    ):
+        print("note: the draft's pipeline differs; the target's is timed")
+    prof = profile_stages(target, source, tokenizer, args.profile_examples)
+    out["profile_ms_per_example"] = prof
+    print(
+        f"where the time goes (ms/example, one thread, {args.profile_examples} examples): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in prof.items())
+        + f" -> {1e3 / prof['total']:.0f} examples/s on one thread"
+    )
+    variants = [(w, None) for w in args.workers] + [(0, r) for r in args.read_options]
+    for workers, read in variants:
+        r = time_pipeline(target, source, tokenizer, workers, read, args)
+        name = variant_name(workers, read)
+        out["pipeline"][name] = r
+        print(
+            f"pipeline {name}{'' if read is None else ' [diagnostic]'}: "
+            f"{r['examples_per_s']:.1f} examples/s over {r['examples']} examples (startup + "
+            f"warm-up {r['startup_s']:.1f} s)"
+        )
+    live = [(0, None)] + [(0, r) for r in args.read_options[:1]]
+    for role, stage in stages.items():
+        steps = args.steps if role == "target" else 2 * args.steps
+        r = time_training(stage, source, tokenizer, steps, live, args)
+        out["models"][role] = {"params": count_params(stage.model), **r}
+        print(
+            f"{role} train step: {r['step_ms']:.1f} ms = {r['examples_per_s']:.1f} examples/s "
+            f"(compile {r['compile_s']:.1f} s); fed live from the pipeline, "
+            + "; ".join(
+                f"{name}: {v['step_ms']:.1f} ms = {v['examples_per_s']:.1f} examples/s "
+                f"({v['fraction_of_alone']:.2f} of alone)"
+                for name, v in r["live"].items()
+            )
+        )
+    return out
+
+
+def check_goal(out: dict) -> dict:
+    pipes = out["pipeline"]
+    demo = pipes.get(variant_name(0), next(iter(pipes.values())))["examples_per_s"]
+    made = [r["examples_per_s"] for k, r in pipes.items() if "ReadOptions" not in k]
+    goal = {}
+    for role, m in out["models"].items():
+        goal[role] = {
+            "ratio_demo": demo / m["examples_per_s"],
+            "ratio_best_worker_count": max(made) / m["examples_per_s"],
+            "ratio_best_incl_diagnostic": max(r["examples_per_s"] for r in pipes.values())
+            / m["examples_per_s"],
+        }
+    goal["met"] = goal["target"]["ratio_demo"] >= GOAL_RATIO
+    return goal
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    from absl import flags
+    from absl import logging as absl_logging
+
+    flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        workdir = args.workdir or stack.enter_context(tempfile.TemporaryDirectory())
+        run, data_s = load_run(args, workdir)
+        load0 = print_header(args, run, data_s)
+        out = measure(args, run)
+    goal = check_goal(out)
+    print(f"\ngoal: pipeline examples/s >= {GOAL_RATIO:.0f}x the target step's")
+    for role in ("target", "draft"):
+        g = goal[role]
+        print(
+            f"   {role}: pipeline / step = {g['ratio_demo']:.2f}x as the demo runs it "
+            f"(worker_count=0), {g['ratio_best_worker_count']:.2f}x at the best worker count, "
+            f"{g['ratio_best_incl_diagnostic']:.2f}x with the best diagnostic ReadOptions"
+        )
+    print(f"   {'MET' if goal['met'] else 'NOT MET'} (target, worker_count=0)")
+    load1 = os.getloadavg()
+    print(f"total {time.perf_counter() - t0:.0f} s; load average at end {load1[0]:.2f}")
+    result = {
+        "settings": {
+            "config": args.config,
+            "override": args.override,
+            "train_size": args.train_size,
+            "workers": args.workers,
+            "read_options": args.read_options,
+            "batches": args.batches,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "quick": args.quick,
+        },
+        **out,
+        "goal": goal,
+        "load_avg": [load0[0], load1[0]],
+        "data_stage_s": data_s,
+    }
+    print(json.dumps(rounded(result)))
+    return result
+
+
+def rounded(x):
+    if isinstance(x, float):
+        return round(x, 4)
+    if isinstance(x, dict):
+        return {k: rounded(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [rounded(v) for v in x]
+    return x
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    main()
