@@ -57,3 +57,32 @@ def test_two_processes_save_and_load_like_one(tmp_path):
     np.testing.assert_allclose(
         np.load(tmp_path / "logits.npy"), np.asarray(one(loaded)), rtol=0, atol=1e-5
     )
+
+
+TRAIN_WORKER = Path(__file__).with_name("multihost_train_worker.py")
+
+
+def test_two_processes_train_like_one(tmp_path):
+    """2 processes x 4 devices, each feeding its own half of the rows, give the losses of
+    1 process x 8 devices fed the whole batch (same mesh shape, 2 micro-batches)."""
+    from multihost_train_worker import global_batch, train_losses
+
+    port = str(_free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(TRAIN_WORKER), str(i), port, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, log[-3000:]
+    import json
+
+    two = json.loads((tmp_path / "train_losses.json").read_text())
+    one = train_losses(global_batch())
+    assert len(two) == len(one) == 3 and one[2] < one[0]
+    np.testing.assert_allclose(two, one, rtol=1e-5)

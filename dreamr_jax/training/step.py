@@ -35,6 +35,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding
@@ -275,6 +276,13 @@ def _train_step(state: TrainState, batch, *, graphdef, objective, tx, learning_r
     return TrainState(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
 
+def _global_rows(x, rows: NamedSharding):
+    """A host-local ``[local_rows, ...]`` array as the global ``[rows, ...]`` array."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return x  # already global
+    return jax.make_array_from_process_local_data(rows, np.asarray(x))
+
+
 def make_train_step(
     graphdef: nnx.GraphDef,
     objective: Objective,
@@ -308,6 +316,9 @@ def make_train_step(
       batch_axes: mesh axes the rows are split over.
       donate: donate the input state's buffers to the output (the input becomes invalid).
 
+    In a multi-process run each process passes its own rows (host-local data); the step
+    assembles them into the global batch (process 0's rows first).
+
     Returns:
       ``step(state, batch)``; it raises ValueError, before compiling, on a batch whose rows
       do not split into ``k`` micro-batches of whole groups divisible over the shards.
@@ -335,6 +346,10 @@ def make_train_step(
     compiled: dict[Any, Callable] = {}  # one jit per layout of the state
 
     def step(state: TrainState, batch):
+        if jax.process_count() > 1:
+            # Each host holds its own rows (the pipelines read per-host shards): assemble
+            # the global batch, process 0's rows first, without moving data between hosts.
+            batch = jax.tree.map(lambda x: _global_rows(x, rows), batch)
         check_batch(batch, micro_batches=micro_batches, group_size=group_size, shards=shards)
         state_sh = jax.tree.map(lambda x: x.sharding, state)
         key = (jax.tree.structure(state_sh), tuple(jax.tree.leaves(state_sh)))
