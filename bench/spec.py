@@ -717,6 +717,8 @@ def main(argv=None) -> dict:
         "goals": goals,
         "load_avg": [load[0]],
     }
+    from bench.data import rounded  # one JSON rounding for every bench
+
     print(json.dumps(rounded(result)))
     return result
 
@@ -750,16 +752,6 @@ def slim(mode: dict) -> dict:
     info["components_ms"] = {k: v * 1e3 for k, v in info.pop("components").items()}
     out["info"] = info
     return out
-
-
-def rounded(x):
-    if isinstance(x, float):
-        return round(x, 4)
-    if isinstance(x, dict):
-        return {k: rounded(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [rounded(v) for v in x]
-    return x
 
 
 def fmt_list(xs):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from dreamr_jax.data.tokenizer_train import train_tokenizer
@@ -33,3 +36,22 @@ def make_tiny_tokenizer(path: str | os.PathLike, vocab_size: int = 400) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     hf_tokenizer.save_pretrained(path)
     return path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_bench(script: str, *args: str, timeout: float = 600) -> tuple[dict, str]:
+    """Runs ``bench/<script>`` on one CPU device (as by hand) and returns the JSON object of
+    its last line and its whole stdout; fails the test on a non-zero exit."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stdout

@@ -4,13 +4,8 @@ assertions (timings belong in bench/)."""
 
 from __future__ import annotations
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
+from fixtures import run_bench
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY_CONFIG = [
     *("data.validation_size=4 data.test_size=4 data.tokenizer_examples=100".split()),
     *("sft_target.batch_size=4 sft_draft.batch_size=4".split()),
@@ -24,18 +19,16 @@ TINY = [
 
 
 def test_quick_run_prints_all_numbers_as_json(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as run by hand
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "data.py"), "--quick", *TINY]
-        + ["--workdir", str(tmp_path / "work"), "--override", *TINY_CONFIG],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    out, stdout = run_bench(
+        "data.py",
+        "--quick",
+        *TINY,
+        "--workdir",
+        str(tmp_path / "work"),
+        "--override",
+        *TINY_CONFIG,
         timeout=600,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"settings", "pipeline", "profile_ms_per_example", "models", "goal"} <= set(out)
     assert out["settings"]["train_size"] == 32
     demo, diagnostic = "worker_count=0", "worker_count=0, ReadOptions(1, 2)"
@@ -50,4 +43,4 @@ def test_quick_run_prints_all_numbers_as_json(tmp_path):
         assert out["goal"][role]["ratio_demo"] > 0, role
     assert out["models"]["target"]["params"] > out["models"]["draft"]["params"]
     assert isinstance(out["goal"]["met"], bool)
-    assert ("NOT MET" in proc.stdout) != out["goal"]["met"]
+    assert ("NOT MET" in stdout) != out["goal"]["met"]

@@ -3,13 +3,8 @@ every engine's numbers in both modes. No timing assertions (timings belong in be
 
 from __future__ import annotations
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
+from fixtures import run_bench
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = [
     *("--target-hidden 64 --target-layers 2 --target-heads 4 --target-kv-heads 2".split()),
     *("--target-mlp 128 --draft-hidden 32 --draft-layers 1 --draft-heads 2".split()),
@@ -20,19 +15,8 @@ VARIANTS = ("target_only", "draft_only", "specreason", "lookahead", "fpsr", "fps
 
 
 def test_quick_run_prints_all_numbers_as_json():
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as run by hand
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "spec.py"), "--quick", *TINY],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.strip().splitlines()
-    assert "controlled acceptance (verifier override)" in proc.stdout
-    out = json.loads(lines[-1])
+    out, stdout = run_bench("spec.py", "--quick", *TINY)
+    assert "controlled acceptance (verifier override)" in stdout
     assert {"settings", "params", "components_ms", "mode_a", "mode_b", "goals"} <= set(out)
     assert set(out["mode_b"]) == set(out["goals"]) == {"0.0", "1.0"}
     for mode in (out["mode_a"], *out["mode_b"].values()):

@@ -4,13 +4,8 @@ SAPO step's time split and token rates, MFU, the packed-vs-per-step scoring spee
 
 from __future__ import annotations
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
+from fixtures import run_bench
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY_CONFIG = [
     *("data.validation_size=4 data.test_size=4 data.tokenizer_examples=100".split()),
     *("sft_target.batch_size=4 sft_draft.batch_size=4".split()),
@@ -22,18 +17,16 @@ TINY = "--train_size 16 --matmul 256 --per_step_rollouts 1 --steps 1 --warmup 1"
 
 
 def test_quick_run_prints_all_numbers_as_json(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as run by hand
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "train.py"), "--quick", *TINY]
-        + ["--workdir", str(tmp_path / "work"), "--override", *TINY_CONFIG],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    out, _ = run_bench(
+        "train.py",
+        "--quick",
+        *TINY,
+        "--workdir",
+        str(tmp_path / "work"),
+        "--override",
+        *TINY_CONFIG,
         timeout=900,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"settings", "sapo", "packed_vs_per_step", "devices"} <= set(out)
     assert out["settings"]["train_size"] == 16
     sapo = out["sapo"]
