@@ -287,6 +287,16 @@ def test_alpha_extremes(pair, engine):
     assert res.metrics.accepted == 0 and res.metrics.fallbacks == len(res.steps)
 
 
+def test_long_fallback_chains_stay_in_the_cache(pair):
+    """Every lookahead round falls back (α = 1) for many steps: the chosen row's step must
+    take the slots the other engines use, or the cache overflows and the text goes wrong."""
+    eng = _engine(pair, "lookahead", alpha=1.0, max_steps=24)
+    req = _request(pair)
+    res = eng.run(req)
+    assert len(res.steps) > 16 and res.metrics.fallbacks == len(res.steps)
+    assert res.tokens == _run(pair, "target_only", max_steps=24).tokens
+
+
 def test_schedules_agree_on_text_and_decisions(pair, mid_alpha):
     runs = {
         name: _run(pair, engine, alpha=mid_alpha, **kw)

@@ -278,6 +278,30 @@ def fork_rows(cache: KVCache, base_index, base_pos, lengths_k, *, max_step_token
     )
 
 
+@functools.partial(jax.jit, static_argnames=("max_step_tokens",))
+def move_step(cache: KVCache, src, dst, length, *, max_step_tokens: int) -> KVCache:
+    """Moves the ``S`` slots at ``src`` to ``dst`` and puts the write head after the
+    step's ``length`` tokens there.
+
+    Lookahead's rows write their steps after the whole window (slot ``base + K*S``); moved
+    to where the chosen step belongs (``base + a*S``), a round uses the same slots as the
+    other engines, so a long chain never outgrows `engine.cache_slots`. Keys carry their
+    rotary positions, so entries may live in any slots.
+    """
+    s = max_step_tokens
+
+    def move(x, axis):
+        block = jax.lax.dynamic_slice_in_dim(x, src, s, axis)
+        return jax.lax.dynamic_update_slice_in_dim(x, block, dst, axis)
+
+    return cache.replace(
+        k=tuple(move(x, 1) for x in cache.k),
+        v=tuple(move(x, 2) for x in cache.v),
+        mask=move(cache.mask, 1),
+        index=jnp.asarray(dst + length, jnp.int32),
+    )
+
+
 @jax.jit
 def take_row(cache: KVCache, row) -> KVCache:
     """Row ``row`` of a multi-row cache as a batch-1 cache."""

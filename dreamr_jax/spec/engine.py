@@ -553,14 +553,16 @@ class _Run:
         round; otherwise written now). Returns ``(tokens, head after it)``."""
         if rows is not None:
             out, cache = rows
-            cache = core.take_row(cache, a)
             lengths = np.asarray(out.lengths)
-            n = int(lengths[a])
+            n, s = int(lengths[a]), self.eng.cfg.max_step_tokens
+            written = target.index + (len(lengths) - a) * s  # the rows' write head before
+            cache = core.move_step(
+                core.take_row(cache, a), written, target.index, n, max_step_tokens=s
+            )
             self.m.target_passes += int(lengths.max())
             self.m.target_tokens += int(lengths.sum())
             tokens = np.asarray(out.tokens)[a, :n].tolist()
-            index = int(cache.index)
-            return tokens, _Head(cache, out.logits[a : a + 1], index, target.pos + n)
+            return tokens, _Head(cache, out.logits[a : a + 1], target.index + n, target.pos + n)
         out, cache = self.write("target", target)
         n = int(np.asarray(out.lengths)[0])
         self.m.target_passes += n
