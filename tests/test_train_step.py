@@ -48,6 +48,7 @@ from dreamr_jax.models.positions import rope_index
 from dreamr_jax.models.qwen3_vl import Qwen3VL
 from dreamr_jax.models.sharding import init_sharded, make_mesh, shard_model
 from dreamr_jax.rl import group_advantages, token_logprobs
+from dreamr_jax.training import objectives
 from dreamr_jax.training.objectives import (
     forward_logits,
     prepare_batch,
@@ -562,3 +563,24 @@ def test_no_tokens_leaves_only_weight_decay(reference, sft_batch, adamw_sft_step
     for path, p in _flat(new_state.params).items():
         decays = path[-1] in ("kernel", "embedding")
         np.testing.assert_allclose(p, before[path] * (shrink if decays else 1), rtol=1e-6)
+
+
+def test_sft_loss_weights_tokens_by_loss_mask(reference, sft_batch):
+    """A ``loss_mask`` value w counts its token w times: the loss of a weighted batch
+    equals the loss of the same batch with that token repeated w times."""
+    weighted = dict(sft_batch)
+    mask = np.asarray(sft_batch["loss_mask"]).copy()
+    row, col = 0, int(np.flatnonzero(mask[0])[-1])
+    mask[row, col] = 5
+    weighted["loss_mask"] = mask
+    loss1, count1, m1 = jax.jit(sft_objective)(reference, sft_batch)
+    loss5, count5, m5 = jax.jit(sft_objective)(reference, weighted)
+    assert int(count5) == int(count1) + 4
+    logits, targets, logp = (np.asarray(x) for x in _token_logp(reference, sft_batch))
+    np.testing.assert_allclose(float(loss5), float(loss1) - 4 * logp[row, col - 1], rtol=1e-5)
+    hit = float(np.argmax(logits[row, col - 1]) == targets[row, col - 1])
+    np.testing.assert_allclose(float(m5["accuracy_sum"]), float(m1["accuracy_sum"]) + 4 * hit)
+
+
+def _token_logp(model, batch):
+    return jax.jit(objectives._next_token_logprobs)(model, batch)

@@ -103,7 +103,21 @@ def test_verify_fraction_mixes_and_is_deterministic(data):
     assert (trained == 1).any() and (trained > 1).any()
 
 
+def test_verdict_token_carries_the_verify_weight(data):
+    source, tok = data
+    cfg = dataclasses.replace(CFG, verify_fraction=0.5, verify_weight=7)
+    masks = np.concatenate(
+        [b["loss_mask"] for b in pipeline.make_dataset(source, cfg, tok, IMAGE_CFG)]
+    )
+    verify_rows = masks.max(1) == 7
+    assert verify_rows.any() and (~verify_rows).any()
+    assert ((masks[verify_rows] > 0).sum(1) == 1).all()  # only the verdict is trained
+    assert set(np.unique(masks[~verify_rows])) == {0, 1}  # chains weigh 1 per token
+
+
 def test_bad_verify_settings_are_named():
+    with pytest.raises(ValueError, match="verify_weight"):
+        dataclasses.replace(CFG, verify_weight=0).validate()
     with pytest.raises(ValueError, match="verify_fraction=1.5"):
         dataclasses.replace(CFG, verify_fraction=1.5).validate()
     with pytest.raises(ValueError, match="verify_words"):

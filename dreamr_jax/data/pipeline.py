@@ -4,7 +4,9 @@
 (`synthetic_tfds.load`, or a list) and yields dicts of NumPy arrays whose shapes depend on
 the config only:
 
-* ``input_ids``, ``attention_mask``, ``loss_mask``: int32 ``[b, t]`` (``t = seq_len``).
+* ``input_ids``, ``attention_mask``, ``loss_mask``: int32 ``[b, t]`` (``t = seq_len``);
+  ``loss_mask`` holds each token's loss weight (1 on chain tokens, ``verify_weight`` on a
+  verification example's verdict, 0 elsewhere).
   Rows are RIGHT-padded: training needs no generation slot at the end, and right padding
   keeps a prompt's tokens at the same columns whatever its answer length. (Generation uses
   left padding instead: `inference.generate.make_batch`.)
@@ -92,6 +94,9 @@ class PipelineConfig:
       verify_fraction: share of examples turned into verification examples
         (`data.verification`: a reference or corrupted step, the verifier's question and
         the verdict word as the only trained token); 0 for plain chains.
+      verify_weight: loss weight of a verification example's one trained token (the
+        ``loss_mask`` value there; chain tokens weigh 1). A chain trains tens of tokens, so
+        at weight 1 the verifier's task is a sliver of the loss and stays unlearned.
       verify_question: the verifier's question (must match the engine's `VerifierConfig`).
       verify_words: the (positive, negative) verdict words; their first tokens are trained.
     """
@@ -109,6 +114,7 @@ class PipelineConfig:
     read_threads: int = 2
     prefetch_batches: int = 8
     verify_fraction: float = 0.0
+    verify_weight: int = 1
     verify_question: str = "Is the last step correct? Answer Yes or No."
     verify_words: tuple[str, str] = ("Yes", "No")
 
@@ -138,6 +144,9 @@ class PipelineConfig:
                 raise ValueError(f"{name}={value!r} must be an int >= 1.")
         if not 0.0 <= self.verify_fraction <= 1.0:
             raise ValueError(f"verify_fraction={self.verify_fraction!r} must be in [0, 1].")
+        w = self.verify_weight
+        if not isinstance(w, int) or isinstance(w, bool) or w < 1:
+            raise ValueError(f"verify_weight={w!r} must be an int >= 1.")
         if len(self.verify_words) != 2 or self.verify_words[0] == self.verify_words[1]:
             raise ValueError(f"verify_words={self.verify_words!r} must be two different words.")
         return self
@@ -190,7 +199,8 @@ class TokenizeExample(grain.transforms.Map):
         )
         return ids, len(ids) - 1, len(ids)
 
-    def _tokenize(self, rec: Mapping) -> tuple[list[int], int, int, np.ndarray, np.ndarray]:
+    def _tokenize(self, rec: Mapping) -> tuple[list[int], int, int, int, np.ndarray, np.ndarray]:
+        """``(ids, first trained index, end of trained span, its weight, pixels, grid)``."""
         pixels, grid = preprocess_images(rec["image"], self.image_cfg)
         user = {
             "role": "user",
@@ -208,7 +218,8 @@ class TokenizeExample(grain.transforms.Map):
         )
         rng = np.random.default_rng([self.cfg.seed, zlib.crc32(rec["id"].encode())])
         if self.cfg.verify_fraction and rng.random() < self.cfg.verify_fraction:
-            return (*self._verification(rec, prompt, rng), pixels, grid)
+            ids, start, stop = self._verification(rec, prompt, rng)
+            return ids, start, stop, self.cfg.verify_weight, pixels, grid
         if full[: len(prompt)] != prompt:
             raise ValueError(
                 f"example {rec['id']!r}: the chat template's generation prompt is not a prefix of "
@@ -217,11 +228,11 @@ class TokenizeExample(grain.transforms.Map):
         ends = [i for i in range(len(prompt), len(full)) if full[i] == self.end_id]
         if not ends:
             raise ValueError(f"example {rec['id']!r}: no {_END_OF_TURN} after the answer.")
-        return full, len(prompt), ends[0] + 1, pixels, grid
+        return full, len(prompt), ends[0] + 1, 1, pixels, grid
 
     def map(self, record: Mapping) -> dict[str, Any] | None:
         rec = as_record(record)
-        ids, start, stop, pixels, grid = self._tokenize(rec)
+        ids, start, stop, weight, pixels, grid = self._tokenize(rec)
         t = self.cfg.seq_len
         problem = None
         if len(ids) > t:
@@ -240,7 +251,8 @@ class TokenizeExample(grain.transforms.Map):
         input_ids = np.full((t,), self.pad_id, np.int32)
         input_ids[:n] = ids
         attention_mask = (np.arange(t) < n).astype(np.int32)
-        loss_mask = ((np.arange(t) >= start) & (np.arange(t) < stop)).astype(np.int32)
+        trained = (np.arange(t) >= start) & (np.arange(t) < stop)
+        loss_mask = trained.astype(np.int32) * np.int32(weight)
         positions, _ = rope_index(input_ids[None], grid, attention_mask[None], self.rope_cfg)
         return {
             "id": rec["id"],

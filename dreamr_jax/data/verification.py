@@ -10,7 +10,7 @@ engine builds at verification time, ending in the verdict word:
 where ``suffix`` is `spec.verify.verification_suffix` (end of the assistant turn, the
 question as a user turn, the assistant header) and the candidate is either the reference
 step (positive) or a corrupted copy (negative: one number changed, an option letter or a
-colour swapped). Steps are tokenised as generation writes them: each ends with the
+colour or a shape kind swapped). Steps are tokenised as generation writes them: each ends with the
 delimiter, the final one with the end-of-turn token.
 """
 
@@ -24,32 +24,45 @@ import numpy as np
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?![\w.]\d)")
 _OPTION = re.compile(r"\b(option|is|Answer:) ([A-H])\b")
 _COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
+_KINDS = ("circle", "square", "triangle")
+_COLOR = re.compile(rf"\b({'|'.join(_COLORS)})\b")
+_KIND = re.compile(rf"\b({'|'.join(_KINDS)})(?=s?\b)")
+
+
+def _pick(matches: list, rng: np.random.Generator):
+    return matches[rng.integers(len(matches))]
+
+
+def _change_number(step: str, m: re.Match, rng: np.random.Generator) -> str:
+    value = int(m.group())
+    delta = int(rng.integers(1, 4)) * (1 if rng.random() < 0.5 or value < 3 else -1)
+    return step[: m.start()] + str(value + delta) + step[m.end() :]
+
+
+def _swap(step: str, m: re.Match, group: int, words, rng: np.random.Generator) -> str:
+    others = [w for w in words if w != m.group(group)]
+    return step[: m.start(group)] + _pick(others, rng) + step[m.end(group) :]
 
 
 def corrupt_step(step: str, rng: np.random.Generator) -> str | None:
     """A plausible but wrong version of ``step``, or None when nothing can be changed.
 
-    In order of preference: change one number by 1-3 (never to the same value), change an
-    option letter, or swap a colour word for another.
+    One fact changes, of a kind drawn uniformly from those the step has: a number (by 1-3,
+    never to the same value), an option letter, a colour word or a shape kind. Drawing the
+    kind (rather than always preferring numbers) teaches the verifier to check what a step
+    says it read, not only its arithmetic.
     """
-    numbers = list(_NUMBER.finditer(step))
-    if numbers:
-        m = numbers[rng.integers(len(numbers))]
-        value = int(m.group())
-        delta = int(rng.integers(1, 4)) * (1 if rng.random() < 0.5 or value < 3 else -1)
-        return step[: m.start()] + str(value + delta) + step[m.end() :]
-    options = list(_OPTION.finditer(step))
-    if options:
-        m = options[rng.integers(len(options))]
-        letters = [c for c in "ABCD" if c != m.group(2)]
-        new = letters[rng.integers(len(letters))]
-        return step[: m.start(2)] + new + step[m.end(2) :]
-    colors = [c for c in _COLORS if re.search(rf"\b{c}\b", step)]
-    if colors:
-        old = colors[rng.integers(len(colors))]
-        others = [c for c in _COLORS if c != old]
-        return re.sub(rf"\b{old}\b", others[rng.integers(len(others))], step, count=1)
-    return None
+    kinds = [
+        (list(_NUMBER.finditer(step)), lambda m: _change_number(step, m, rng)),
+        (list(_OPTION.finditer(step)), lambda m: _swap(step, m, 2, "ABCD", rng)),
+        (list(_COLOR.finditer(step)), lambda m: _swap(step, m, 1, _COLORS, rng)),
+        (list(_KIND.finditer(step)), lambda m: _swap(step, m, 1, _KINDS, rng)),
+    ]
+    kinds = [(found, edit) for found, edit in kinds if found]
+    if not kinds:
+        return None
+    found, edit = _pick(kinds, rng)
+    return edit(_pick(found, rng))
 
 
 def verification_ids(

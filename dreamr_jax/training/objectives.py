@@ -131,22 +131,23 @@ def _next_token_logprobs(model, batch) -> tuple[jax.Array, jax.Array, jax.Array]
 
 
 def sft_objective(model, batch: Mapping[str, Any]):
-    """Next-token cross-entropy summed over the ``loss_mask`` tokens.
+    """Next-token cross-entropy over the ``loss_mask`` tokens, each weighted by its value.
 
     Args:
       model: a `Qwen3VL`.
-      batch: `prepare_batch` dict with ``loss_mask`` ``[b, t]`` (1 on answer tokens).
+      batch: `prepare_batch` dict with ``loss_mask`` ``[b, t]``: each token's integer loss
+        weight (1 on answer tokens, more on a verification example's verdict, 0 elsewhere).
 
     Returns:
-      ``(loss_sum, token_count, {"accuracy_sum": ...})``: float32 ``Σ -log p``, int32
-      number of counted tokens, and how many of them are the argmax prediction.
+      ``(loss_sum, token_count, {"accuracy_sum": ...})``: float32 ``Σ w · -log p``, int32
+      ``Σ w`` (the weighted token count), and the weighted count of argmax-correct tokens.
     """
     logits, targets, logp = _next_token_logprobs(model, batch)
-    mask = (batch["loss_mask"][:, 1:] != 0) & (batch["attention_mask"][:, 1:] != 0)
-    loss_sum = -jnp.sum(jnp.where(mask, logp, 0.0))
-    correct = mask & (jnp.argmax(logits, axis=-1) == targets)
-    metrics = {"accuracy_sum": jnp.sum(correct, dtype=jnp.float32)}
-    return loss_sum, jnp.sum(mask, dtype=jnp.int32), metrics
+    weight = jnp.where(batch["attention_mask"][:, 1:] != 0, batch["loss_mask"][:, 1:], 0)
+    loss_sum = -jnp.sum(jnp.where(weight > 0, weight * logp, 0.0))
+    correct = jnp.argmax(logits, axis=-1) == targets
+    metrics = {"accuracy_sum": jnp.sum(jnp.where(correct, weight, 0), dtype=jnp.float32)}
+    return loss_sum, jnp.sum(weight, dtype=jnp.int32), metrics
 
 
 def sapo_objective(

@@ -36,6 +36,8 @@ class SFTConfig:
       verify_fraction: share of examples that teach the CPN verifier's task (the step
         judged correct or not, `data.verification`); the demo's target needs it, since no
         instruction tuning taught it to answer the verifier's question.
+      verify_weight: loss weight of a verification example's verdict token, against 1 per
+        chain token (`PipelineConfig.verify_weight`).
       optim: AdamW + warmup/cosine settings.
       checkpoint: save period and retention.
     """
@@ -47,6 +49,7 @@ class SFTConfig:
     micro_batches: int = 1
     seed: int = 0
     verify_fraction: float = 0.0
+    verify_weight: int = 1
     optim: OptimConfig = OptimConfig(learning_rate=1e-3, warmup_steps=20, total_steps=200)
     checkpoint: CheckpointConfig = CheckpointConfig(every_steps=50, keep=2)
 
@@ -67,6 +70,7 @@ class SFTConfig:
             self.verify_fraction,
             "must be in [0, 1]",
         )
+        require(self.verify_weight >= 1, "verify_weight", self.verify_weight, "must be >= 1")
         self.optim.validate()
         self.checkpoint.validate()
         return self
@@ -117,6 +121,7 @@ def run_sft(
         seed=cfg.seed,
         num_epochs=None,
         verify_fraction=cfg.verify_fraction,
+        verify_weight=cfg.verify_weight,
         verify_question=verifier.question,
         verify_words=(verifier.positive_words[0], verifier.negative_words[0]),
     )
