@@ -366,9 +366,22 @@ class Run:
             tmp = self.dir / "tokenizer.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             build_synthetic_tokenizer(
-                tmp, n=d.tokenizer_examples, vocab_size=d.tokenizer_vocab, cfg=d.synthetic
+                tmp,
+                n=d.tokenizer_examples,
+                vocab_size=d.tokenizer_vocab,
+                cfg=d.synthetic,
+                extra=self.fixed_texts(),
             )
             os.replace(tmp, self.tokenizer_dir)
+
+    def fixed_texts(self) -> tuple[str, ...]:
+        """Texts every model reads besides the examples: the verifiers' questions and
+        words, and the chat roles. Trained into the tokenizer, a verification suffix
+        becomes a few tokens instead of one per byte (cheaper rows and verification)."""
+        texts = ["user", "assistant"]
+        for v in (self.cfg.verifier, self.cfg.sapo.verifier):
+            texts += [v.question, *v.positive_words, *v.negative_words]
+        return tuple(dict.fromkeys(texts))
 
     def finished(self, stage: str) -> bool:
         """Whether ``stage`` completed in this workdir (its outputs are all there)."""

@@ -60,13 +60,21 @@ def test_example_fields(examples):
 def test_reference_chains_grade_correct_and_round_trip(examples):
     for ex in examples:
         assert 3 <= len(ex.steps) <= 8, ex.steps
-        assert ex.steps[-1] == f"Answer: {ex.answer}"
+        # A choice is answered with its option's text (graded against the letter).
+        final = ex.choices["ABCDEFGH".index(ex.answer)] if ex.choices else ex.answer
+        assert ex.steps[-1] == f"Answer: {final}"
         assert split_steps(join_steps(ex.steps)) == list(ex.steps)
         chain = reference_chain(ex)
         choices = ex.choices or None
         assert grading.grade(chain, ex.answer, answer_type=ex.answer_type, choices=choices)
         wrong = chain.rsplit("Answer:", 1)[0] + "Answer: " + _wrong_answer(ex)
         assert not grading.grade(wrong, ex.answer, answer_type=ex.answer_type, choices=choices)
+        if ex.choices:  # the letter itself grades too, another option's text does not
+            letter = chain.rsplit("Answer:", 1)[0] + "Answer: " + ex.answer
+            assert grading.grade(letter, ex.answer, answer_type="choice", choices=choices)
+            other = next(c for c in ex.choices if c != final)
+            text = chain.rsplit("Answer:", 1)[0] + "Answer: " + other
+            assert not grading.grade(text, ex.answer, answer_type="choice", choices=choices)
 
 
 def _wrong_answer(ex) -> str:

@@ -104,3 +104,15 @@ def test_min_vocab_size_byte_only():
     t = train_tokenizer(["abc abc"], vocab_size=MIN_VOCAB_SIZE)
     assert len(t) == MIN_VOCAB_SIZE
     assert t.decode(t("ÿ🙂")["input_ids"]) == "ÿ🙂"
+
+
+def test_extra_texts_become_few_tokens(tmp_path):
+    """Fixed texts every row repeats (the verifier's question) compress when trained in."""
+    question = "Is the last step correct? Answer Yes or No."
+    plain = build_synthetic_tokenizer(tmp_path / "plain", n=N, vocab_size=512)
+    extra = build_synthetic_tokenizer(tmp_path / "extra", n=N, vocab_size=512, extra=(question,))
+    n_plain, n_extra = (len(t(question)["input_ids"]) for t in (plain, extra))
+    assert n_extra <= 12 < n_plain, (n_extra, n_plain)
+    assert extra.decode(extra(question)["input_ids"]) == question
+    with pytest.raises(ValueError, match="extra"):
+        next(synthetic_corpus(1, extra=["not a tuple"]))

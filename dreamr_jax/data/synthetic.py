@@ -17,7 +17,8 @@ Families (the answer always needs what is drawn, never the question alone):
 
 Difficulty 1..3 adds objects, terms and reasoning steps. Reference chains are 3-8 steps
 joined by `steps.join_steps`: what is seen, each arithmetic or comparison step, then
-``"Answer: X"`` (the format `grading.extract_answer` reads).
+``"Answer: X"`` (the format `grading.extract_answer` reads), X being the number or, for a
+choice, the chosen option's text (graded against its letter).
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ class SyntheticConfig:
       seed: dataset seed; with the split and index it fixes every example.
       families: task families to draw from (subset of `FAMILIES`), uniformly.
       max_objects: most shapes in a ``count`` / ``position`` image, 4..16.
+      grid: cells per side of the ``count`` / ``position`` shape grid, one shape per cell;
+        0 = ``ceil(sqrt(max_objects)) + 1``. Choosing ``image_size / grid`` equal to the
+        model's merged patch (16 px for the built-in models) puts each shape in one token.
       min_difficulty: lowest difficulty level drawn, 1..3.
       max_difficulty: highest difficulty level drawn, min_difficulty..3.
     """
@@ -68,6 +72,7 @@ class SyntheticConfig:
     seed: int = 0
     families: tuple[str, ...] = FAMILIES
     max_objects: int = 9
+    grid: int = 0
     min_difficulty: int = 1
     max_difficulty: int = 3
 
@@ -82,6 +87,18 @@ class SyntheticConfig:
             raise ValueError(f"families={fams!r} must be a non-empty tuple from {FAMILIES}.")
         if not isinstance(self.max_objects, int) or not 4 <= self.max_objects <= 16:
             raise ValueError(f"max_objects={self.max_objects!r} must be an int in 4..16.")
+        if not isinstance(self.grid, int) or self.grid < 0:
+            raise ValueError(f"grid={self.grid!r} must be an int >= 0 (0 = automatic).")
+        if self.grid and self.grid**2 <= self.max_objects:
+            raise ValueError(
+                f"grid={self.grid} has {self.grid**2} cells: it needs more than "
+                f"max_objects={self.max_objects}; raise grid or lower max_objects."
+            )
+        if self.grid and self.image_size // self.grid < 12:
+            raise ValueError(
+                f"grid={self.grid} makes {self.image_size // self.grid}-px cells in a "
+                f"{self.image_size}-px image; cells need >= 12 px: lower grid or raise image_size."
+            )
         if self.min_difficulty not in (1, 2, 3):
             raise ValueError(f"min_difficulty={self.min_difficulty!r} must be 1, 2 or 3.")
         if self.max_difficulty not in (1, 2, 3) or self.max_difficulty < self.min_difficulty:
@@ -102,7 +119,8 @@ class Example:
       answer: gold answer: a number, or the option letter for ``"choice"``.
       answer_type: ``"number"`` or ``"choice"``.
       choices: option texts in letter order, or ``()``.
-      steps: 3-8 reference steps; the last is exactly ``"Answer: X"``.
+      steps: 3-8 reference steps; the last is exactly ``"Answer: X"``, X the answer or, for
+        a choice, the text of the chosen option.
       family: one of `FAMILIES`.
       difficulty: 1..3.
     """
@@ -155,7 +173,7 @@ def _draw_shape(draw, rng, cell, cell_px, kind, color) -> None:
 
 def _grid(cfg: SyntheticConfig) -> tuple[int, int]:
     """(cells per side, cell size in px): room for max_objects with spare cells."""
-    grid = math.ceil(math.sqrt(cfg.max_objects)) + 1
+    grid = cfg.grid or math.ceil(math.sqrt(cfg.max_objects)) + 1
     return grid, cfg.image_size // grid
 
 
@@ -230,10 +248,7 @@ def _bars(rng, cfg, difficulty):
         opts = " ".join(f"({ch}) {c}" for ch, c in zip(letters, order, strict=True))
         letter = letters[order.index(tallest)]
         question = f"Which bar in the chart is the tallest? Options: {opts}"
-        steps = seen + [
-            f"The largest height is {hmax}, the {tallest} bar.",
-            f"The {tallest} bar is option {letter}.",
-        ]
+        steps = seen + [f"The largest height is {hmax}, the {tallest} bar."]
         return image, question, letter, tuple(order), steps
     if difficulty == 2:
         question = "How much taller is the tallest bar than the shortest bar?"
@@ -333,6 +348,10 @@ def make_example(index: int, split: str, cfg: SyntheticConfig = SyntheticConfig(
     family = cfg.families[int(rng.integers(len(cfg.families)))]
     difficulty = int(rng.integers(cfg.min_difficulty, cfg.max_difficulty + 1))
     image, question, answer, choices, steps = _BUILDERS[family](rng, cfg, difficulty)
+    # A choice is answered with the option's text, which the chain has just read off the
+    # image; the grader maps it to its letter (copying a letter from the options is a
+    # separate skill that small models learn far later).
+    final = choices["ABCDEFGH".index(answer)] if choices else answer
     return Example(
         id=f"{split}-{cfg.seed}-{int(index)}",
         image=np.asarray(image, dtype=np.uint8),
@@ -340,7 +359,7 @@ def make_example(index: int, split: str, cfg: SyntheticConfig = SyntheticConfig(
         answer=answer,
         answer_type="choice" if choices else "number",
         choices=tuple(choices),
-        steps=(*steps, f"Answer: {answer}"),
+        steps=(*steps, f"Answer: {final}"),
         family=family,
         difficulty=difficulty,
     )

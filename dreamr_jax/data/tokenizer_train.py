@@ -66,14 +66,21 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 1024):
     return as_qwen_tokenizer(tokenizer)
 
 
-def synthetic_corpus(n: int, cfg: SyntheticConfig = _DEFAULT_CFG) -> Iterator[str]:
-    """Texts of the first `n` synthetic train examples: each question, then its chain."""
+def synthetic_corpus(
+    n: int, cfg: SyntheticConfig = _DEFAULT_CFG, extra: tuple[str, ...] = ()
+) -> Iterator[str]:
+    """Texts of the first `n` synthetic train examples: each question, then its chain, then
+    every `extra` text (fixed texts the models read as often as the examples, such as the
+    verifier's question: seen that often they become a few tokens, not one per byte)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r} must be an int >= 1.")
+    if not isinstance(extra, tuple) or not all(isinstance(t, str) for t in extra):
+        raise ValueError(f"extra={extra!r} must be a tuple of str.")
     cfg.validate()
     for example in generate(n, "train", cfg):
         yield example.question
         yield reference_chain(example)
+        yield from extra
 
 
 def build_synthetic_tokenizer(
@@ -82,8 +89,9 @@ def build_synthetic_tokenizer(
     n: int = 2000,
     vocab_size: int = 1024,
     cfg: SyntheticConfig = _DEFAULT_CFG,
+    extra: tuple[str, ...] = (),
 ):
-    """Trains `train_tokenizer` on `synthetic_corpus(n, cfg)` and saves it into `path`.
+    """Trains `train_tokenizer` on `synthetic_corpus(n, cfg, extra)` and saves it into `path`.
 
     The directory (created with its parents) is in Hugging Face format: loadable with
     `transformers.AutoTokenizer.from_pretrained(path)` or `processing.load_tokenizer`.
@@ -92,7 +100,7 @@ def build_synthetic_tokenizer(
     Returns:
         The trained tokenizer.
     """
-    tokenizer = train_tokenizer(synthetic_corpus(n, cfg), vocab_size=vocab_size)
+    tokenizer = train_tokenizer(synthetic_corpus(n, cfg, extra), vocab_size=vocab_size)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(os.fspath(path))
