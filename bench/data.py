@@ -18,7 +18,7 @@ Measured in one process:
 2. where the time goes: the same work for ``--profile_examples`` examples run stage by
    stage in this thread (no grain threads): record read + PNG decode, image
    preprocessing, prompt rendering + tokenisation, the rest of `TokenizeExample.map`
-   (padding, masks, M-RoPE ids), `collate` and `prepare_batch` (of which `vision_inputs`),
+   (padding, masks, M-RoPE ids), `collate` and `prepare_batch` (of which `host_vision_inputs`),
    in ms per example.
 3. consumption: examples/s of the stage's jitted train step (`make_train_step` with
    `sft_objective`, as `run_sft`) at the stage's batch size, on prepared pipeline batches,
@@ -168,7 +168,7 @@ def profile_stages(stage: Stage, source, tokenizer, n: int) -> dict:
     """Milliseconds per example of each pipeline stage, run one after another here."""
     from dreamr_jax.data.pipeline import TokenizeExample, collate
     from dreamr_jax.data.synthetic_tfds import as_record
-    from dreamr_jax.models.vision import vision_inputs
+    from dreamr_jax.models.vision import host_vision_inputs
     from dreamr_jax.processing.image import preprocess_images
 
     n = max(n, stage.pipe.batch_size)  # at least one batch for collate / prepare_batch
@@ -207,7 +207,7 @@ def profile_stages(stage: Stage, source, tokenizer, n: int) -> dict:
     t = time.perf_counter()
     for e in rows:  # what prepare_batch calls per row
         grid = e["image_grid_thw"][None]
-        vision_inputs(
+        host_vision_inputs(
             e["pixel_values"], grid, stage.model.cfg.vision, pad_to=stage.sft.patches_per_row
         )
     clock["vision_inputs"] = time.perf_counter() - t

@@ -58,6 +58,18 @@ def vision_inputs(
     Raises:
       ValueError: if the patch count or patch size disagrees with ``image_grid_thw``.
     """
+    host = host_vision_inputs(pixel_values, image_grid_thw, cfg, pad_to=pad_to)
+    return jax.tree.map(jnp.asarray, host)
+
+
+def host_vision_inputs(
+    pixel_values, image_grid_thw, cfg: VisionConfig, *, pad_to: int | None = None
+) -> VisionInputs:
+    """`vision_inputs` as NumPy arrays (for data pipelines that stack rows on the host).
+
+    The index arrays depend only on the image grid, so they are computed once per grid
+    (`_grid_layout`) and shared by every image of that size.
+    """
     grid = np.asarray(image_grid_thw, dtype=np.int64).reshape(-1, 3)
     pixels = np.asarray(pixel_values)
     m = cfg.spatial_merge_size
@@ -77,10 +89,26 @@ def vision_inputs(
         raise ValueError(
             f"image_grid_thw {grid.tolist()}: h and w must be multiples of spatial_merge_size={m}."
         )
+    if pad_to is not None and (pad_to < total or pad_to % (m * m)):
+        raise ValueError(f"pad_to={pad_to} must be >= {total} patches and a multiple of {m * m}.")
+    idx, wts, rope, seg = _grid_layout(
+        tuple(map(tuple, grid.tolist())), m, cfg.grid_side, total if pad_to is None else pad_to
+    )
+    if pad_to is not None:
+        pixels = np.pad(pixels, ((0, pad_to - total), (0, 0)))
+    return VisionInputs(
+        pixel_values=pixels, pos_index=idx, pos_weight=wts, rope_pos=rope, segment_ids=seg
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _grid_layout(grid: tuple[tuple[int, int, int], ...], m: int, side: int, length: int):
+    """``(pos_index, pos_weight, rope_pos, segment_ids)`` of images ``grid`` padded to
+    ``length`` patches; read-only arrays, cached per grid."""
     idx, wts, rope, seg = [], [], [], []
     frame = 0
-    for t, h, w in grid.tolist():
-        i4, w4 = _interpolation(h, w, cfg.grid_side)
+    for t, h, w in grid:
+        i4, w4 = _interpolation(h, w, side)
         coords = np.stack(
             [np.arange(h)[:, None].repeat(w, 1), np.arange(w)[None, :].repeat(h, 0)], axis=-1
         )  # [h, w, 2]
@@ -90,24 +118,16 @@ def vision_inputs(
             rope.append(_merge_order(coords, m, axis0=0))
             seg.append(np.full(h * w, frame, np.int32))
             frame += 1
-    idx, wts = np.concatenate(idx, 1), np.concatenate(wts, 1)
-    rope, seg = np.concatenate(rope, 0), np.concatenate(seg, 0)
-    if pad_to is not None:
-        if pad_to < total or pad_to % (m * m):
-            raise ValueError(
-                f"pad_to={pad_to} must be >= {total} patches and a multiple of {m * m}."
-            )
-        extra = pad_to - total
-        pixels = np.pad(pixels, ((0, extra), (0, 0)))
-        idx, wts = np.pad(idx, ((0, 0), (0, extra))), np.pad(wts, ((0, 0), (0, extra)))
-        rope, seg = np.pad(rope, ((0, extra), (0, 0))), np.pad(seg, (0, extra), constant_values=-1)
-    return VisionInputs(
-        pixel_values=jnp.asarray(pixels),
-        pos_index=jnp.asarray(idx, jnp.int32),
-        pos_weight=jnp.asarray(wts, jnp.float32),
-        rope_pos=jnp.asarray(rope, jnp.int32),
-        segment_ids=jnp.asarray(seg, jnp.int32),
+    extra = length - sum(t * h * w for t, h, w in grid)
+    out = (
+        np.pad(np.concatenate(idx, 1), ((0, 0), (0, extra))).astype(np.int32),
+        np.pad(np.concatenate(wts, 1), ((0, 0), (0, extra))).astype(np.float32),
+        np.pad(np.concatenate(rope, 0), ((0, extra), (0, 0))).astype(np.int32),
+        np.pad(np.concatenate(seg, 0), (0, extra), constant_values=-1).astype(np.int32),
     )
+    for a in out:
+        a.flags.writeable = False
+    return out
 
 
 def _interpolation(h: int, w: int, side: int) -> tuple[np.ndarray, np.ndarray]:

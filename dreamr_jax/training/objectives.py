@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dreamr_jax.models.config import ModelConfig
-from dreamr_jax.models.vision import VisionInputs, vision_inputs
+from dreamr_jax.models.vision import VisionInputs, host_vision_inputs
 from dreamr_jax.rl.losses import sapo_loss, token_entropy, token_logprobs
 
 # Keys of a collated batch (`data.pipeline.collate`) that `prepare_batch` consumes or drops;
@@ -49,10 +49,11 @@ def _row_vision(pixels, grid_b3, cfg: ModelConfig, patches_per_row: int) -> Visi
                 f"row {r} has an image of {n} patches (grid {grid_b3[r].tolist()}), more than "
                 f"patches_per_row={patches_per_row}; pass a larger patches_per_row."
             )
-        vis = vision_inputs(
-            pixels[start : start + n], grid_b3[r : r + 1], cfg.vision, pad_to=patches_per_row
+        rows.append(
+            host_vision_inputs(
+                pixels[start : start + n], grid_b3[r : r + 1], cfg.vision, pad_to=patches_per_row
+            )
         )
-        rows.append(jax.tree.map(np.asarray, vis))
     return jax.tree.map(lambda *xs: np.stack(xs), *rows)
 
 
@@ -63,7 +64,7 @@ def prepare_batch(
 
     The collated ``pixel_values`` (all images concatenated, one image per row, padded to
     ``num_patches``) are split back into rows, and each row's patches become `VisionInputs`
-    via `vision_inputs(..., pad_to=patches_per_row)`. ``positions`` ``[3, b, t]`` becomes
+    via `host_vision_inputs(..., pad_to=patches_per_row)`. ``positions`` ``[3, b, t]`` becomes
     ``[b, 3, t]``. Host-only keys (``id``, ``patch_mask``, ...) are dropped; any other key
     (e.g. SAPO's ``old_logp``) is passed through as a NumPy array.
 
