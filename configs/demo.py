@@ -77,13 +77,15 @@ def _synthetic() -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict()
     d.image_size = 64  # image side in pixels (64..224); not resized: one patch grid
     d.seed = 0  # with split and index it fixes every example
-    # Measured for this target after 2000 steps on these three families with 4 objects
-    # (no verification rows):
-    # position 100%, bars 57%, count 36% of held-out answers (digits need longer).
-    d.families = ("count", "bars", "position")  # task families drawn
+    # Bar charts: the heights are read at fixed places, then compared or added in text,
+    # which this target learns in minutes (held-out accuracy measured after SFT without
+    # verification rows: 85% at 1000 steps). Families that must count shapes (count,
+    # position) or read digits stayed under 50% in the same budget.
+    d.families = ("bars",)  # task families drawn
     d.max_objects = 4  # most shapes in count / position images (4..16)
+    d.grid = 0  # cells per side of the shape grid; 0 = ceil(sqrt(max_objects)) + 1
     d.min_difficulty = 1  # difficulty levels drawn, 1..3
-    d.max_difficulty = 1
+    d.max_difficulty = 3
     return d
 
 
@@ -134,6 +136,7 @@ def _sft(steps: int, lr: float, batch: int) -> ml_collections.ConfigDict:
     t.micro_batches = 1
     t.seed = 0
     t.verify_fraction = 0.0  # share of verification examples (the verifier's task)
+    t.verify_weight = 1  # loss weight of a verification example's verdict token
     t.optim = _optim(lr, warmup=min(20, steps // 5), total=steps)
     t.checkpoint = _checkpoint(every=max(1, steps // 4))
     return t
@@ -145,7 +148,7 @@ def _sapo(steps: int) -> ml_collections.ConfigDict:
     r.prompts_per_step = 4  # P; the batch is P * G rollouts
     r.rollout = ml_collections.ConfigDict()
     r.rollout.group_size = 4  # G
-    r.rollout.max_new_tokens = 64
+    r.rollout.max_new_tokens = 96
     r.rollout.temperature = 1.0
     r.rollout.top_k = 0
     r.rollout.top_p = 1.0
@@ -156,8 +159,8 @@ def _sapo(steps: int) -> ml_collections.ConfigDict:
     r.reward.w_outcome = 1.0  # w1
     r.reward.w_draft = 1.0  # w2
     r.reward.w_length = 1.0  # w3
-    r.reward.length_free = 48  # no length penalty up to this many tokens
-    r.reward.length_max = 64  # penalty -1 from here
+    r.reward.length_free = 80  # no length penalty up to this many tokens
+    r.reward.length_max = 96  # penalty -1 from here
     r.verifier = _verifier()
     r.clip_eps = 0.2  # ε
     r.kl_beta = 0.04  # β
@@ -237,9 +240,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.data.tokenizer_examples = 2000
     cfg.target_model = _text_model(hidden=128, layers=4, heads=4, kv_heads=2, seed=0, vision=128)
     cfg.draft_model = _text_model(hidden=64, layers=1, heads=2, kv_heads=1, seed=1, vision=64)
-    cfg.sft_target = _sft(steps=2000, lr=3e-3, batch=16)
-    cfg.sft_target.verify_fraction = 0.15  # the target also learns to judge steps
-    cfg.sft_target.seq_len = 192  # verification rows hold the whole chain plus the question
+    cfg.sft_target = _sft(steps=3000, lr=3e-3, batch=16)
+    cfg.sft_target.verify_fraction = 0.2  # the target also learns to judge steps
+    cfg.sft_target.verify_weight = 16  # a verdict weighs about a third of a whole chain
+    cfg.sft_target.seq_len = 144  # verification rows hold the whole chain plus the question
     cfg.sft_draft = _sft(steps=300, lr=3e-3, batch=16)
     cfg.sapo = _sapo(steps=20)
 
