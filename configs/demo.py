@@ -210,8 +210,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.verifier = _verifier()
 
     cfg.prompt = ml_collections.ConfigDict()
-    cfg.prompt.question = "How many red squares are in the picture?"
-    cfg.prompt.image = ""  # image file; "" = a built-in picture of coloured squares
+    cfg.prompt.question = "How much taller is the tallest bar than the shortest bar?"
+    cfg.prompt.image = ""  # image file; "" = a built-in bar chart (answer: 6)
 
     cfg.target_mesh = _mesh()
     cfg.draft_mesh = _mesh()

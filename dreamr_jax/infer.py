@@ -26,6 +26,7 @@ import numpy as np
 from absl import app, flags
 
 from dreamr_jax import config as config_lib
+from dreamr_jax.data import synthetic
 from dreamr_jax.spec import SpecConfig, Step, VerifierConfig
 from dreamr_jax.spec.roles import (
     MeshSection,
@@ -36,12 +37,14 @@ from dreamr_jax.spec.roles import (
     prepare,
 )
 
+DEMO_QUESTION = "How much taller is the tallest bar than the shortest bar?"
+
 
 @dataclasses.dataclass(frozen=True)
 class PromptSection:
     """The request: an image file (empty = a built-in picture) and a question."""
 
-    question: str = "How many red squares are in the picture?"
+    question: str = DEMO_QUESTION
     image: str = ""
 
 
@@ -61,16 +64,13 @@ class InferConfig:
 SECTIONS = tuple(f.name for f in dataclasses.fields(InferConfig))
 
 
-def demo_image(size: int = 64, seed: int = 0) -> np.ndarray:
-    """A ``[size, size, 3]`` uint8 picture of coloured squares on white."""
-    rng = np.random.default_rng(seed)
-    img = np.full((size, size, 3), 255, np.uint8)
-    colors = np.array([[220, 30, 30], [30, 160, 40], [40, 60, 220]], np.uint8)
-    side = size // 6
-    for _ in range(5):
-        y, x = rng.integers(0, size - side, 2)
-        img[y : y + side, x : x + side] = colors[rng.integers(0, 3)]
-    return img
+def demo_image(size: int = 64) -> np.ndarray:
+    """The built-in picture: a ``[size, size, 3]`` uint8 bar chart from the synthetic set
+    (the demo's task; `DEMO_QUESTION` asks about it; the answer is 6)."""
+    cfg = synthetic.SyntheticConfig(
+        image_size=size, families=("bars",), min_difficulty=2, max_difficulty=2
+    )
+    return synthetic.make_example(0, "test", cfg).image
 
 
 def step_label(step: Step) -> str:
