@@ -94,21 +94,13 @@ class Stage:
 
 
 def build_stage(run, role: str):
-    from dreamr_jax.data.pipeline import PipelineConfig
+    from dreamr_jax.training.sft import pipeline_config
 
     model, mesh = run.init_model(role)
     sec = run.cfg.sft_target if role == "target" else run.cfg.sft_draft
     sec = dataclasses.replace(sec, patches_per_row=run.patches(model.cfg))
     image_cfg = run.image_cfg(model.cfg)
-    unit = image_cfg.merge_size**2
-    pipe = PipelineConfig(  # the fields run_sft sets; worker_count 0 as there
-        batch_size=sec.batch_size,
-        seq_len=sec.seq_len,
-        num_patches=-(-sec.batch_size * sec.patches_per_row // unit) * unit,
-        shuffle=True,
-        seed=sec.seed,
-        num_epochs=None,
-    )
+    pipe = pipeline_config(sec, image_cfg, run.cfg.verifier)  # run_sft's; worker_count 0
     return Stage(role, model, mesh, sec, pipe, image_cfg)
 
 

@@ -278,7 +278,6 @@ def per_step_vs_packed(sapo: Sapo, rollouts, n: int) -> dict:
     import numpy as np
 
     from dreamr_jax.rl.rollout import Prompts, Rollouts
-    from dreamr_jax.rl.scoring import score_rollouts
 
     sc = sapo.scorer
     n = min(n, rollouts.tokens.shape[0])
@@ -311,16 +310,7 @@ def per_step_vs_packed(sapo: Sapo, rollouts, n: int) -> dict:
         return outs
 
     def packed():
-        return score_rollouts(
-            sc.target_graphdef,
-            sc.target_state,
-            sc.target_cfg,
-            sub,
-            sc.verdict,
-            sapo.cfg.verifier,
-            pad_id=sc.pad_id,
-            dtype=sc.target_dtype,
-        )
+        return sc.score(sub)
 
     _, per_step_compile = clock(per_step)  # compiles one forward per length
     _, packed_compile = clock(packed)

@@ -174,13 +174,9 @@ class Scorer:
         eos = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
         self.eos_ids = tuple(dict.fromkeys(i for i in eos if i is not None))
 
-    def __call__(self, policy, records, rng, rollout: RolloutConfig | None = None) -> Scored:
-        rollout = rollout or self.cfg.rollout
-        prompts, qs = make_prompts(records, self.tokenizer, self.image_cfg)
-        out = sample_rollouts(
-            policy, prompts, rollout, self.tokenizer, rng, eos_ids=self.eos_ids, pad_id=self.pad_id
-        )
-        p, ok = score_rollouts(
+    def score(self, out):
+        """The target's verdicts on every step of rollouts ``out`` (`score_rollouts`)."""
+        return score_rollouts(
             self.target_graphdef,
             self.target_state,
             self.target_cfg,
@@ -190,6 +186,14 @@ class Scorer:
             pad_id=self.pad_id,
             dtype=self.target_dtype,
         )
+
+    def __call__(self, policy, records, rng, rollout: RolloutConfig | None = None) -> Scored:
+        rollout = rollout or self.cfg.rollout
+        prompts, qs = make_prompts(records, self.tokenizer, self.image_cfg)
+        out = sample_rollouts(
+            policy, prompts, rollout, self.tokenizer, rng, eos_ids=self.eos_ids, pad_id=self.pad_id
+        )
+        p, ok = self.score(out)
         g = rollout.group_size
         correct = np.array(
             [

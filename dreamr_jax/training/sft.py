@@ -76,6 +76,25 @@ class SFTConfig:
         return self
 
 
+def pipeline_config(
+    cfg: SFTConfig, image_cfg: ImageProcessorConfig, verifier: VerifierConfig
+) -> PipelineConfig:
+    """The training pipeline of an SFT stage (shuffled, repeating; one image per row)."""
+    unit = image_cfg.merge_size**2
+    return PipelineConfig(
+        batch_size=cfg.batch_size,
+        seq_len=cfg.seq_len,
+        num_patches=-(-cfg.batch_size * cfg.patches_per_row // unit) * unit,
+        shuffle=True,
+        seed=cfg.seed,
+        num_epochs=None,
+        verify_fraction=cfg.verify_fraction,
+        verify_weight=cfg.verify_weight,
+        verify_question=verifier.question,
+        verify_words=(verifier.positive_words[0], verifier.negative_words[0]),
+    )
+
+
 def run_sft(
     stage_dir: str | os.PathLike,
     model,
@@ -112,19 +131,7 @@ def run_sft(
     tx = make_optimizer(cfg.optim)
     graphdef = nnx.graphdef(model)
     state = init_train_state(model, tx)
-    unit = image_cfg.merge_size**2
-    pipe = PipelineConfig(
-        batch_size=cfg.batch_size,
-        seq_len=cfg.seq_len,
-        num_patches=-(-cfg.batch_size * cfg.patches_per_row // unit) * unit,
-        shuffle=True,
-        seed=cfg.seed,
-        num_epochs=None,
-        verify_fraction=cfg.verify_fraction,
-        verify_weight=cfg.verify_weight,
-        verify_question=verifier.question,
-        verify_words=(verifier.positive_words[0], verifier.negative_words[0]),
-    )
+    pipe = pipeline_config(cfg, image_cfg, verifier)
     iterator = iter(
         make_dataset(
             source,
