@@ -184,3 +184,18 @@ def test_invalid_split_and_index():
         make_example(-1, "train", CFG)
     with pytest.raises(ValueError, match="max_difficulty"):
         SyntheticConfig(min_difficulty=3, max_difficulty=2).validate()
+
+
+def test_grid_places_one_shape_per_cell():
+    """``grid`` fixes the cell lattice: no shape straddles an edge of the ``S/grid`` cells
+    (the automatic grid for 4 objects would be 3 cells of 21 px, not 4 of 16)."""
+    cfg = SyntheticConfig(image_size=64, grid=4, max_objects=4, families=("count", "position"))
+    for ex in generate(20, "train", cfg):
+        for rgb in (COLORS[c] for c in ("red", "green", "blue", "yellow")):
+            mask = np.all(ex.image == np.asarray(rgb, np.uint8), axis=-1)
+            for edge in (16, 32, 48):
+                assert not (mask[:, edge - 1] & mask[:, edge]).any(), (ex.id, edge)
+                assert not (mask[edge - 1, :] & mask[edge, :]).any(), (ex.id, edge)
+    for bad, match in (({"grid": 2}, "needs more than"), ({"grid": 6}, "cells need >= 12")):
+        with pytest.raises(ValueError, match=match):
+            dataclasses.replace(cfg, **bad).validate()
