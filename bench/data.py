@@ -39,26 +39,31 @@ The last line printed is one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
+
+# Run as ``python bench/<name>.py``: `bench` and `dreamr_jax` are found from the repo root.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench._common import (  # noqa: E402
+    add_config_args,
+    make_parser,
+    print_machine,
+    print_total,
+    rounded,
+)
 
 GOAL_RATIO = 10.0  # pipeline examples/s over the target step's examples/s
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="small data, few batches (~1 min)")
-    p.add_argument("--config", default="configs/demo.py", help="config file[:variant]")
-    p.add_argument("--override", nargs="*", default=[], help="config overrides key=value")
-    p.add_argument("--workdir", default=None, help="data + tokenizer here (default: temp)")
-    p.add_argument("--train_size", type=int, default=None, help="train examples (1024; q 256)")
+    p = make_parser(__doc__, quick_help="small data, few batches (~1 min)")
+    add_config_args(p, train_size_help="train examples (1024; q 256)")
     p.add_argument("--workers", default=None, help="worker counts to time (0,1,2; quick 0)")
     p.add_argument("--batches", type=int, default=None, help="timed batches (40; quick 10)")
     p.add_argument("--steps", type=int, default=None, help="timed target steps (10; quick 3)")
@@ -315,16 +320,7 @@ def load_run(args, workdir: str):
 
 
 def print_header(args, run, data_s: float) -> list[float]:
-    import jax
-
-    cores = os.cpu_count()
-    load = os.getloadavg()
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {cores} CPU cores; python "
-        f"{platform.python_version()}, jax {jax.__version__} ({jax.devices()[0].platform}); "
-        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
-        + ("  WARNING: other processes share the CPU" if load[0] > 0.5 * cores else "")
-    )
+    load = print_machine(warning="other processes share the CPU")
     d = run.cfg.data
     print(
         f"config {args.config} {' '.join(args.override)}: train_size {d.train_size}, image "
@@ -332,7 +328,7 @@ def print_header(args, run, data_s: float) -> list[float]:
         f"({len(run.tokenizer())} tokens); data stage {data_s:.1f} s"
         + (" [--quick]" if args.quick else "")
     )
-    return list(load)
+    return load
 
 
 def measure(args, run) -> dict:
@@ -423,8 +419,7 @@ def main(argv=None) -> dict:
             f"{g['ratio_best_incl_diagnostic']:.2f}x with the best diagnostic ReadOptions"
         )
     print(f"   {'MET' if goal['met'] else 'NOT MET'} (target, worker_count=0)")
-    load1 = os.getloadavg()
-    print(f"total {time.perf_counter() - t0:.0f} s; load average at end {load1[0]:.2f}")
+    load1 = print_total(t0)
     result = {
         "settings": {
             "config": args.config,
@@ -446,16 +441,5 @@ def main(argv=None) -> dict:
     return result
 
 
-def rounded(x):
-    if isinstance(x, float):
-        return round(x, 4)
-    if isinstance(x, dict):
-        return {k: rounded(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [rounded(v) for v in x]
-    return x
-
-
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     main()

@@ -25,17 +25,20 @@ Usage: ``python bench/decode.py [--quick]``. The last line printed is one JSON o
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
 import warnings
 
 import numpy as np
+
+# Run as ``python bench/<name>.py``: `bench` and `dreamr_jax` are found from the repo root.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench._common import machine, make_parser, rounded  # noqa: E402
 
 GOAL_TINY = 3.0  # ours / HF tokens/s on the tiny config
 GOAL_M100 = 1.0  # ours / HF tokens/s on the ~100M config
@@ -45,8 +48,7 @@ BATCHES = (1, 8)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="few tokens, one rep (smoke run)")
+    p = make_parser(__doc__, quick_help="few tokens, one rep (smoke run)")
     p.add_argument("--new-tokens", type=int, default=None, help="new tokens per row")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (best is kept)")
     p.add_argument("--configs", default="tiny,m100", help="comma-separated: tiny,m100")
@@ -275,7 +277,6 @@ def main(argv=None) -> dict:
     reps = args.reps or (1 if args.quick else 3)
     bw_bytes = (256 if args.quick else 1024) << 20
 
-    import jax
     import jax.numpy as jnp
     import torch
     import transformers
@@ -290,9 +291,7 @@ def main(argv=None) -> dict:
     cores = os.cpu_count()
     torch.set_num_threads(cores)
     print(
-        f"machine: {platform.processor() or platform.machine()}, {cores} CPU cores; "
-        f"python {platform.python_version()}, jax {jax.__version__} "
-        f"({jax.devices()[0].platform}), torch {torch.__version__} "
+        f"machine: {machine()}, torch {torch.__version__} "
         f"(torch.set_num_threads({cores}) -> {torch.get_num_threads()} threads), "
         f"transformers {transformers.__version__}"
     )
@@ -440,10 +439,9 @@ def main(argv=None) -> dict:
         )
     )
     results["goals_met"] = not misses
-    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in results.items()}))
+    print(json.dumps(rounded(results)))
     return results
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     main()

@@ -64,17 +64,20 @@ The last line printed is one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 
 import numpy as np
+
+# Run as ``python bench/<name>.py``: `bench` and `dreamr_jax` are found from the repo root.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench._common import make_parser, print_machine, print_total, rounded  # noqa: E402
 
 GOAL_FRACTION = 0.9  # fpsr measured speedup / ideal speedup (mode B)
 NEVER = "\x00\x01\x02"  # the "cap" delimiter: random models never write these three bytes
@@ -96,8 +99,7 @@ SPEC = ("specreason", "lookahead", "fpsr", "fpsr_no_overlap")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer steps/requests/rates (~1 min)")
+    p = make_parser(__doc__, quick_help="fewer steps/requests/rates (~1 min)")
     for role, h, layers, heads, kv, mlp in (
         ("target", 512, 8, 8, 4, 1536),
         ("draft", 128, 2, 4, 2, 384),
@@ -608,20 +610,7 @@ def check_goals(mode_b: dict) -> dict:
 
 
 def print_header(args, s: Setup, params: dict, comps: dict) -> None:
-    import jax
-
-    cores = os.cpu_count()
-    load = os.getloadavg()
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {cores} CPU cores; python "
-        f"{platform.python_version()}, jax {jax.__version__} ({jax.devices()[0].platform}); "
-        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
-        + (
-            "  WARNING: other processes share the CPU, timings are noisy"
-            if load[0] > 0.5 * cores
-            else ""
-        )
-    )
+    print_machine(warning="other processes share the CPU, timings are noisy")
     for role in ("target", "draft"):
         t, p = getattr(s, role).cfg.text, params[role]
         step = comps[f"step_{role}"]
@@ -692,11 +681,7 @@ def main(argv=None) -> dict:
             f"{'MET' if g['order_measured'] else 'MISSED'}; order in the ideal model "
             f"{'holds' if g['order_ideal'] else 'does not hold'}"
         )
-    load = os.getloadavg()
-    print(
-        f"total {time.perf_counter() - t_start:.0f} s; load average at end {load[0]:.2f}; "
-        f"jax {jax.__version__}"
-    )
+    load = print_total(t_start, suffix=f"; jax {jax.__version__}")
     result = {
         "settings": {
             "window": k,
@@ -717,8 +702,6 @@ def main(argv=None) -> dict:
         "goals": goals,
         "load_avg": [load[0]],
     }
-    from bench.data import rounded  # one JSON rounding for every bench
-
     print(json.dumps(rounded(result)))
     return result
 
@@ -759,5 +742,4 @@ def fmt_list(xs):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     main()

@@ -51,6 +51,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)  # `bench.data` and `dreamr_jax` when run as a script
 
+from bench._common import add_config_args, make_parser, print_total, rounded  # noqa: E402
 from bench.data import (  # noqa: E402
     build_stage,
     closing_iterator,
@@ -60,18 +61,13 @@ from bench.data import (  # noqa: E402
     open_iterator,
     prepared,
     print_header,
-    rounded,
     time_steps,
 )
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="small data, few steps (~1 min)")
-    p.add_argument("--config", default="configs/demo.py", help="config file[:variant]")
-    p.add_argument("--override", nargs="*", default=[], help="config overrides key=value")
-    p.add_argument("--workdir", default=None, help="data + tokenizer here (default: temp)")
-    p.add_argument("--train_size", type=int, default=None, help="train examples (256; q 64)")
+    p = make_parser(__doc__, quick_help="small data, few steps (~1 min)")
+    add_config_args(p, train_size_help="train examples (256; q 64)")
     p.add_argument("--steps", type=int, default=None, help="timed SAPO steps (3; quick 1)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     p.add_argument("--per_step_rollouts", type=int, default=None, help="(4; quick 2)")
@@ -443,8 +439,7 @@ def main(argv=None) -> dict:
         )
         del sapo
         devices = run_devices(args, run, workdir)
-    load1 = os.getloadavg()
-    print(f"total {time.perf_counter() - t0:.0f} s; load average at end {load1[0]:.2f}")
+    load1 = print_total(t0)
     result = {
         "settings": {
             "config": args.config,
