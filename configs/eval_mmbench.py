@@ -30,7 +30,7 @@ import runpy
 _common = runpy.run_path(str(pathlib.Path(__file__).parent / "common" / "real_scale.py"))
 
 # Model sizes (`dreamr_jax.models.config.PRESETS`) and the HBM per chip claimed above.
-MODELS = {"target": _common["PRESETS"]["32b"], "draft": _common["PRESETS"]["4b"]}
+MODELS = _common["models"]("4b")
 HBM_GIB = 32
 
 

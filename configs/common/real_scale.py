@@ -22,6 +22,7 @@ CHECKPOINTS = {
 }
 # The `dreamr_jax.models.config.PRESETS` entry of each size (shape tests read these).
 PRESETS = {"2b": "qwen3-vl-2b", "4b": "qwen3-vl-4b", "32b": "qwen3-vl-32b"}
+TARGET = "32b"  # the target of every real-scale config (the paper's Qwen3-VL-32B)
 # Placeholder raw-data directories, in each dataset's published layout.
 SOURCES = {
     "geo3k": "/data/geometry3k",
@@ -31,6 +32,12 @@ SOURCES = {
     "mmmu": "/data/MMMU",
 }
 STEP_TOKENS = 128  # S: cap on one reasoning step (ours; the paper does not give it)
+
+
+def models(draft: str) -> dict[str, str]:
+    """The `PRESETS` names of the target and the ``draft`` (2b or 4b): a config's ``MODELS``,
+    whose per-chip memory the shape tests bound by its ``HBM_GIB``."""
+    return {"target": PRESETS[TARGET], "draft": PRESETS[draft]}
 
 
 def model(size: str) -> ml_collections.ConfigDict:
@@ -106,7 +113,7 @@ def eval_config(dataset: str, draft: str, engines: tuple[str, ...]) -> ml_collec
     """
     cfg = ml_collections.ConfigDict()
     cfg.workdir = f"runs/eval_{dataset}"  # outputs: WORKDIR/eval/{summary.json, ...}
-    cfg.target = model("32b")
+    cfg.target = model(TARGET)
     cfg.draft = model(draft)
     cfg.spec = spec()
     cfg.verifier = verifier()
@@ -186,7 +193,7 @@ def sapo_config(draft: str, eval_dataset: str) -> ml_collections.ConfigDict:
     cfg.data.max_patches = max_patches  # images resized to at most this many patches
 
     cfg.target_model = ml_collections.ConfigDict()
-    cfg.target_model.checkpoint = CHECKPOINTS["32b"]  # frozen target (verifier of R_draft)
+    cfg.target_model.checkpoint = CHECKPOINTS[TARGET]  # frozen target (verifier of R_draft)
     cfg.target_model.dtype = "bfloat16"
     cfg.draft_model = ml_collections.ConfigDict()
     cfg.draft_model.checkpoint = CHECKPOINTS[draft]  # the policy and the reference
