@@ -200,13 +200,7 @@ def build(args) -> tuple[Setup, dict]:
         params[role] = count_params(models[role])
     v = models["target"].cfg.vision
     side = v.patch_size * v.spatial_merge_size
-    ipc = ImageProcessorConfig(
-        patch_size=v.patch_size,
-        temporal_patch_size=v.temporal_patch_size,
-        merge_size=v.spatial_merge_size,
-        min_pixels=(2 * side) ** 2,
-        max_pixels=(3 * side) ** 2,
-    )
+    ipc = ImageProcessorConfig.for_vision(v, min_pixels=(2 * side) ** 2, max_pixels=(3 * side) ** 2)
     image = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
     base = SpecConfig(
         window=args.window,

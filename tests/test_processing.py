@@ -12,6 +12,7 @@ import transformers
 from fixtures import make_tiny_tokenizer
 from transformers.models.qwen2_vl import image_processing_qwen2_vl as hf_qwen2_vl
 
+from dreamr_jax.models.config import VisionConfig
 from dreamr_jax.processing import (
     ImageProcessorConfig,
     build_prompt,
@@ -237,6 +238,19 @@ def test_config_from_pretrained(tmp_path):
     override = {**QWEN3_VL_PREPROCESSOR, "max_pixels": 1 << 20}
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(override))
     assert ImageProcessorConfig.from_pretrained(tmp_path).max_pixels == 1 << 20
+
+
+def test_config_for_vision_copies_patching_and_applies_overrides():
+    # Values unlike ImageProcessorConfig's defaults (16, 2, 2), so a missed copy shows.
+    vision = VisionConfig(patch_size=14, temporal_patch_size=3, spatial_merge_size=4)
+    cfg = ImageProcessorConfig.for_vision(vision)
+    assert (cfg.patch_size, cfg.temporal_patch_size, cfg.merge_size) == (14, 3, 4)
+    assert cfg == ImageProcessorConfig(patch_size=14, temporal_patch_size=3, merge_size=4)
+    cfg = ImageProcessorConfig.for_vision(vision, min_pixels=56 * 56, max_pixels=112 * 112)
+    assert (cfg.merge_size, cfg.min_pixels, cfg.max_pixels) == (4, 56 * 56, 112 * 112)
+    assert ImageProcessorConfig.for_vision(vision, merge_size=1).merge_size == 1
+    with pytest.raises(TypeError, match="spatial_merge_size"):
+        ImageProcessorConfig.for_vision(vision, spatial_merge_size=1)  # a VisionConfig name
 
 
 def test_config_bad_input(tmp_path):

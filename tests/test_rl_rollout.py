@@ -38,13 +38,7 @@ def models():
 def _prompts(n: int = 2) -> Prompts:
     v = CFG.vision
     side = v.patch_size * v.spatial_merge_size
-    ipc = ImageProcessorConfig(
-        patch_size=v.patch_size,
-        temporal_patch_size=v.temporal_patch_size,
-        merge_size=v.spatial_merge_size,
-        min_pixels=(2 * side) ** 2,
-        max_pixels=(3 * side) ** 2,
-    )
+    ipc = ImageProcessorConfig.for_vision(v, min_pixels=(2 * side) ** 2, max_pixels=(3 * side) ** 2)
     rng = np.random.default_rng(0)
     ids, pixels, grids = [], [], []
     for i in range(n):

@@ -126,13 +126,7 @@ def pair() -> Pair:
     cfg = builtin_config(tok)
     v = cfg.vision
     side = v.patch_size * v.spatial_merge_size
-    ipc = ImageProcessorConfig(
-        patch_size=v.patch_size,
-        temporal_patch_size=v.temporal_patch_size,
-        merge_size=v.spatial_merge_size,
-        min_pixels=(2 * side) ** 2,
-        max_pixels=(3 * side) ** 2,
-    )
+    ipc = ImageProcessorConfig.for_vision(v, min_pixels=(2 * side) ** 2, max_pixels=(3 * side) ** 2)
     image = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
     target = Qwen3VL(cfg, rngs=nnx.Rngs(0))
     draft = Qwen3VL(cfg, rngs=nnx.Rngs(1))

@@ -149,6 +149,24 @@ class ImageProcessorConfig:
         return 3 * self.temporal_patch_size * self.patch_size**2
 
     @classmethod
+    def for_vision(cls, vision_cfg, **overrides: Any) -> ImageProcessorConfig:
+        """The patching a model's vision tower expects, other fields from ``overrides``.
+
+        Args:
+            vision_cfg: the model's `VisionConfig` (``model_cfg.vision``); its
+                ``patch_size``, ``temporal_patch_size`` and ``spatial_merge_size`` become
+                ``patch_size``, ``temporal_patch_size`` and ``merge_size``.
+            **overrides: any other fields (e.g. ``min_pixels``, ``max_pixels``); they win
+                over the tower's values too.
+        """
+        patching = {
+            "patch_size": vision_cfg.patch_size,
+            "temporal_patch_size": vision_cfg.temporal_patch_size,
+            "merge_size": vision_cfg.spatial_merge_size,
+        }
+        return cls(**{**patching, **overrides})
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ImageProcessorConfig:
         """Builds a config from a transformers image-processor dict, ignoring unknown keys.
 
