@@ -143,6 +143,18 @@ def test_count_answers_are_read_from_pixels():
     assert checked == 20
 
 
+def test_bar_readings_match_pixels():
+    cfg = SyntheticConfig(families=("bars",), seed=5)
+    for ex in generate(20, "test", cfg):
+        (n,) = re.fullmatch(r"The chart has (\d+) bars\.", ex.steps[0]).groups()
+        readings = re.findall(r"(\w+) is (\d+)", ex.steps[1].removeprefix("Reading the heights: "))
+        assert len(readings) == int(n), ex.steps
+        unit = (ex.image.shape[0] - 12) / 8  # 8 grid units between the chart's top and base
+        for color, height in readings:
+            rows = np.flatnonzero(np.all(ex.image == COLORS[color], axis=-1).any(axis=1))
+            assert round((rows.max() - rows.min() + 1) / unit) == int(height), (color, ex.steps)
+
+
 def test_image_size_is_respected():
     for size in (64, 224):
         cfg = SyntheticConfig(image_size=size, max_objects=16)

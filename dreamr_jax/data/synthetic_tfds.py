@@ -85,8 +85,11 @@ def make_config(
 class SyntheticReasoning(tfds.core.GeneratorBasedBuilder):
     """TFDS builder for `synthetic` examples; pass a `make_config` config."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First release.",
+        "1.1.0": "A choice chain ends with its option's text (was its letter).",
+    }
 
     @tfds.core.utils.classproperty
     @classmethod
