@@ -301,13 +301,9 @@ class Run:
             # keeps that inside the cap (up to aspect ratios far beyond real images').
             low = min(base.min_pixels, cap // 4)
             return dataclasses.replace(base, min_pixels=low, max_pixels=min(base.max_pixels, cap))
-        v, side = model_cfg.vision, self.cfg.data.synthetic.image_size
-        return ImageProcessorConfig(
-            patch_size=v.patch_size,
-            temporal_patch_size=v.temporal_patch_size,
-            merge_size=v.spatial_merge_size,
-            min_pixels=side * side,
-            max_pixels=side * side,
+        side = self.cfg.data.synthetic.image_size
+        return ImageProcessorConfig.for_vision(
+            model_cfg.vision, min_pixels=side * side, max_pixels=side * side
         )
 
     def patches(self, model_cfg) -> int:
