@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import io
 import math
+import string
 from collections.abc import Iterator
 
 import numpy as np
@@ -244,7 +245,7 @@ def _bars(rng, cfg, difficulty):
     tallest, shortest = colors[heights.index(hmax)], colors[heights.index(hmin)]
     if difficulty == 1:
         order = [colors[i] for i in rng.permutation(n)]
-        letters = "ABCDEFGH"[:n]
+        letters = string.ascii_uppercase[:n]
         opts = " ".join(f"({ch}) {c}" for ch, c in zip(letters, order, strict=True))
         letter = letters[order.index(tallest)]
         question = f"Which bar in the chart is the tallest? Options: {opts}"
@@ -351,7 +352,7 @@ def make_example(index: int, split: str, cfg: SyntheticConfig = SyntheticConfig(
     # A choice is answered with the option's text, which the chain has just read off the
     # image; the grader maps it to its letter (copying a letter from the options is a
     # separate skill that small models learn far later).
-    final = choices["ABCDEFGH".index(answer)] if choices else answer
+    final = choices[string.ascii_uppercase.index(answer)] if choices else answer
     return Example(
         id=f"{split}-{cfg.seed}-{int(index)}",
         image=np.asarray(image, dtype=np.uint8),
