@@ -3,8 +3,8 @@
 Not a config itself (it lives below ``configs/`` so that the every-config tests, which
 load ``configs/*.py``, skip it): ``configs/sapo_*.py`` and ``configs/eval_*.py`` load it
 with ``runpy.run_path`` and state only what differs. Every field is documented here; the
-typed dataclasses (`dreamr_jax.train.TrainConfig`, `dreamr_jax.eval.EvalConfig`) validate
-them after command-line overrides.
+typed dataclasses (`dreamr_jax.training.train_config.TrainConfig`,
+`dreamr_jax.eval.EvalConfig`) validate them after command-line overrides.
 
 The paper's settings (DESIGN.md §2): threshold α = 0.7, window K = 4, SAPO with AdamW at
 lr 1e-6 and batch 64 in bf16, maximum length 8192, rewards w1:w2:w3 = 1:1:1. Where the
