@@ -27,8 +27,11 @@ def _summary(acceptance, fpsr_speedup=0.5):
     }
 
 
-def _effect(before, after):
-    return {"before": {"acceptance": before}, "after": {"acceptance": after}}
+def _effect(before, after, accuracy=(0.4, 0.4)):
+    return {
+        "before": {"acceptance": before, "accuracy": accuracy[0]},
+        "after": {"acceptance": after, "accuracy": accuracy[1]},
+    }
 
 
 def _by_name(out):
@@ -44,6 +47,17 @@ def test_sapo_gain_below_one_point_is_not_a_gain():
     got = _by_name(checks(summaries, _effect(0.20, 0.22)))
     assert got["SAPO raises held-out step acceptance"]
     assert got["SAPO raises fpsr step acceptance"]
+
+
+def test_sapo_acceptance_gain_bought_with_accuracy_is_flagged():
+    # A draft that stops after the first step: acceptance up, answers gone.
+    got = _by_name(checks({"draft_sapo": _summary(0.9)}, _effect(0.2, 0.9, (0.42, 0.0))))
+    assert got["SAPO raises held-out step acceptance"]
+    assert not got["SAPO keeps the draft's held-out accuracy"]
+    got = _by_name(checks({"draft_sapo": _summary(0.3)}, _effect(0.2, 0.3, (0.42, 0.41))))
+    assert got["SAPO keeps the draft's held-out accuracy"]
+    got = _by_name(checks({"draft_sapo": _summary(0.3)}, _effect(0.2, 0.3, (0.42, 0.39))))
+    assert not got["SAPO keeps the draft's held-out accuracy"]
 
 
 def test_accuracy_speedup_and_order_checks():

@@ -72,10 +72,20 @@ def checks(
         f"draft {_pct(d_acc)} vs target {_pct(t_acc)}",
     )
     if sapo_effect:
-        b, a = sapo_effect["before"]["acceptance"], sapo_effect["after"]["acceptance"]
+        before, after = sapo_effect["before"], sapo_effect["after"]
+        b, a = before["acceptance"], after["acceptance"]
         add(
             "SAPO raises held-out step acceptance (by >= 1 point)",
             a >= b + MIN_GAIN,
+            f"{_pct(b)} -> {_pct(a)}",
+        )
+        # Acceptance is a fraction of the chain's steps: a draft that stops after the steps
+        # the target trusts raises it while answering nothing (measured: longer SAPO runs on
+        # the demo do exactly that), so a gain only counts with the accuracy kept.
+        b, a = before["accuracy"], after["accuracy"]
+        add(
+            "SAPO keeps the draft's held-out accuracy (within 2 points)",
+            a >= b - 0.02,
             f"{_pct(b)} -> {_pct(a)}",
         )
     if sft is not None and fpsr is not None:
