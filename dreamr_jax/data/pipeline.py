@@ -206,9 +206,13 @@ class TokenizeExample(grain.transforms.Map):
             "role": "user",
             "content": [{"type": "image"}, {"type": "text", "text": rec["question"]}],
         }
-        answer = join_steps(rec["steps"], StepConfig(delimiter=self.cfg.step_delimiter))
         merge = self.image_cfg.merge_size
         prompt, _ = build_prompt(self.tokenizer, [user], grid, merge_size=merge)
+        rng = np.random.default_rng([self.cfg.seed, zlib.crc32(rec["id"].encode())])
+        if self.cfg.verify_fraction and rng.random() < self.cfg.verify_fraction:
+            ids, start, stop = self._verification(rec, prompt, rng)
+            return ids, start, stop, self.cfg.verify_weight, pixels, grid
+        answer = join_steps(rec["steps"], StepConfig(delimiter=self.cfg.step_delimiter))
         full, _ = build_prompt(
             self.tokenizer,
             [user, {"role": "assistant", "content": answer}],
@@ -216,10 +220,6 @@ class TokenizeExample(grain.transforms.Map):
             merge_size=merge,
             add_generation_prompt=False,
         )
-        rng = np.random.default_rng([self.cfg.seed, zlib.crc32(rec["id"].encode())])
-        if self.cfg.verify_fraction and rng.random() < self.cfg.verify_fraction:
-            ids, start, stop = self._verification(rec, prompt, rng)
-            return ids, start, stop, self.cfg.verify_weight, pixels, grid
         if full[: len(prompt)] != prompt:
             raise ValueError(
                 f"example {rec['id']!r}: the chat template's generation prompt is not a prefix of "
