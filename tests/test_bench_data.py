@@ -40,6 +40,7 @@ def test_quick_run_prints_all_numbers_as_json(tmp_path):
         model = out["models"][role]
         assert model["batch_size"] == 4 and model["examples_per_s"] > 0, role
         assert set(model["live"]) == {demo, diagnostic}, role
+        assert len(model["rounds"]) == 2 and model["ratio_adjacent"] > 0, role
         assert out["goal"][role]["ratio_demo"] > 0, role
     assert out["models"]["target"]["params"] > out["models"]["draft"]["params"]
     assert isinstance(out["goal"]["met"], bool)

@@ -2,15 +2,21 @@
 
 import dataclasses
 import json
+import types
 
+import jax
 import numpy as np
 import pytest
 
 from dreamr_jax.data import pipeline, synthetic_tfds
 from dreamr_jax.data.steps import join_steps
 from dreamr_jax.data.synthetic import SyntheticConfig
+from dreamr_jax.models.config import VisionConfig
+from dreamr_jax.models.positions import PromptImageMismatch, rope_index
+from dreamr_jax.models.vision import host_vision_inputs
 from dreamr_jax.processing.image import ImageProcessorConfig
 from dreamr_jax.processing.tokenizer import save_byte_tokenizer
+from dreamr_jax.training.objectives import prepare_batch
 
 SYN = SyntheticConfig(image_size=64, seed=3)
 SIZES = {"train": 12}
@@ -234,3 +240,121 @@ def test_orbax_restore_without_a_checkpoint_names_the_directory(data, tmp_path):
     pipeline.save_iterator(it, tmp_path / "ckpt", step=0)
     with pytest.raises(FileNotFoundError, match="step 7"):
         pipeline.restore_iterator(it, tmp_path / "ckpt", step=7)
+
+
+# --- the batched path (TokenizeBatch) against the per-example reference -------------------------
+
+VERIFY = dataclasses.replace(CFG, verify_fraction=0.5, verify_weight=3)
+
+
+def _assert_identical(want, got):
+    """Same keys in the same order, dtypes, shapes and bytes."""
+    assert list(got) == list(want)
+    for k in want:
+        assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, k
+        assert np.array_equal(got[k], want[k]), k
+
+
+def _no_rope_index(*args):
+    raise AssertionError("the batched path called rope_index")
+
+
+@pytest.mark.parametrize("cfg", [CFG, VERIFY], ids=["chains", "with_verification"])
+def test_batched_path_is_the_reference_bit_for_bit(data, cfg, monkeypatch):
+    source, tokenizer = data
+    batcher = pipeline.TokenizeBatch(cfg, tokenizer, IMAGE_CFG)
+    lengths, verify_rows = set(), 0
+    for start in range(0, 12, 4):
+        records = [source[i] for i in range(start, start + 4)]
+        want = pipeline.collate([batcher.example.map(r) for r in records], cfg.num_patches)
+        with monkeypatch.context() as patch:
+            patch.setattr(pipeline, "rope_index", _no_rope_index)
+            got = batcher.fast(records)  # None would mean the reference path made the batch
+        assert got is not None
+        _assert_identical(want, got)
+        lengths |= set(want["attention_mask"].sum(axis=1).tolist())
+        verify_rows += int((want["loss_mask"].max(axis=1) == 3).sum())
+    assert len(lengths) >= 4  # rows of different lengths
+    assert (verify_rows > 0) == bool(cfg.verify_fraction)
+
+
+def test_dataset_batches_are_the_reference_rows_collated(data):
+    source, tokenizer = data
+    reference = pipeline.TokenizeExample(VERIFY, tokenizer, IMAGE_CFG)
+    for batch in _batches(data, dataclasses.replace(VERIFY, num_epochs=2)):
+        records = [source[int(str(i).rsplit("-", 1)[1])] for i in batch["id"]]
+        _assert_identical(
+            pipeline.collate([reference.map(r) for r in records], VERIFY.num_patches), batch
+        )
+
+
+def test_batched_path_leaves_overlong_batches_to_the_reference(data):
+    source, tokenizer = data
+    cfg = dataclasses.replace(CFG, seq_len=64)
+    batcher = pipeline.TokenizeBatch(cfg, tokenizer, IMAGE_CFG)
+    records = [source[i] for i in range(4)]
+    assert batcher.fast(records) is None
+    with pytest.raises(pipeline.ExampleTooLong, match="example 'train-3-0' has"):
+        batcher.map(records)
+
+
+def test_bad_record_gives_the_reference_error(data):
+    source, _ = data
+    records = [dict(source[i]) for i in range(12)]
+    records[5]["image"] = records[5]["image"].astype(np.float32)
+    with pytest.raises(ValueError, match="image 0 has dtype float32"):
+        _batches((records, data[1]), dataclasses.replace(CFG, shuffle=False))
+
+
+def _rope_rows(rng, b: int, t: int, start_id: int, image_id: int):
+    """Right-padded rows ``text <vision_start> image-tokens text`` with random grids."""
+    ids, grids = np.zeros((b, t), np.int32), []
+    for row in range(b):
+        grid = [1, 2 * int(rng.integers(1, 4)), 2 * int(rng.integers(1, 4))]
+        before = rng.integers(10, 20, int(rng.integers(0, 5))).tolist() + [start_id]
+        after = rng.integers(10, 20, int(rng.integers(0, 8))).tolist()
+        tokens = before + [image_id] * (grid[1] * grid[2] // 4) + after
+        ids[row, : len(tokens)] = tokens
+        grids.append(grid)
+    return ids, (ids != 0).astype(np.int32), np.asarray(grids)
+
+
+def test_one_image_positions_are_rope_index(monkeypatch):
+    rope_cfg = types.SimpleNamespace(
+        vision=types.SimpleNamespace(spatial_merge_size=2),
+        vision_start_token_id=5,
+        image_token_id=6,
+    )
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        ids, mask, grid = _rope_rows(rng, 5, 64, 5, 6)
+        want = rope_index(ids, grid, mask, rope_cfg)[0]
+        with monkeypatch.context() as patch:
+            patch.setattr(pipeline, "rope_index", _no_rope_index)
+            got = pipeline._one_image_positions(ids, mask, grid, rope_cfg)
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    # Other layouts go to rope_index: two images in row 0 and none in row 1 ...
+    ids, mask, grid = _rope_rows(rng, 2, 64, 5, 6)
+    n = int(mask[0].sum())
+    ids[0, n : n + 3], ids[1] = [5, 6, 9], np.where(ids[1] == 6, 7, ids[1])
+    grid[1] = [1, 2, 2]  # the second image of row 0: one token
+    mask = (ids != 0).astype(np.int32)
+    want = rope_index(ids, grid, mask, rope_cfg)[0]
+    assert np.array_equal(pipeline._one_image_positions(ids, mask, grid, rope_cfg), want)
+    # ... and a stray image token after the image raises rope_index's error.
+    ids, mask, grid = _rope_rows(rng, 2, 64, 5, 6)
+    ids[0, 60], mask[0, 60] = 6, 1
+    with pytest.raises(PromptImageMismatch):
+        pipeline._one_image_positions(ids, mask, grid, rope_cfg)
+
+
+@pytest.mark.parametrize("patches_per_row", [PATCHES, PATCHES + 8])
+def test_prepare_batch_gives_each_row_its_vision_inputs(data, patches_per_row):
+    batch = _batches(data)[0]
+    model_cfg = types.SimpleNamespace(vision=VisionConfig(patch_size=8, num_position_embeddings=64))
+    vision = prepare_batch(batch, model_cfg, patches_per_row=patches_per_row)["vision"]
+    for row, grid in enumerate(batch["image_grid_thw"]):
+        pixels = batch["pixel_values"][row * PATCHES : (row + 1) * PATCHES]
+        want = host_vision_inputs(pixels, grid[None], model_cfg.vision, pad_to=patches_per_row)
+        for got_b, want_row in zip(jax.tree.leaves(vision), jax.tree.leaves(want), strict=True):
+            assert got_b.dtype == want_row.dtype and np.array_equal(got_b[row], want_row)

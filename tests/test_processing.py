@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -22,6 +23,8 @@ from dreamr_jax.processing import (
     preprocess_images,
     smart_resize,
 )
+from dreamr_jax.processing.image import preprocess_batch
+from dreamr_jax.processing.prompt import ImageChatTemplate
 
 # Small pixel bounds keep the oracle fast and send the test images through all three branches
 # of smart_resize (upscale to min_pixels, round only, downscale to max_pixels).
@@ -272,6 +275,44 @@ def test_config_bad_input(tmp_path):
         ImageProcessorConfig(image_std=(0.5, 0.0, 0.5))
 
 
+# --- batched preprocessing ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(64, 96), (100, 150), (20, 30), (480, 640)])
+def test_preprocess_batch_is_preprocess_images_bit_for_bit(size):
+    # 64x96 keeps its size (no PIL); the others are rounded, upscaled and downscaled.
+    images = [_picture(*size, seed=i) for i in range(3)]
+    images.append(np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8))
+    for cfg in (
+        CFG,
+        ImageProcessorConfig(8, 2, 2, 32 * 32, 96 * 96, (0.1, 0.4, 0.7), (0.3, 0.2, 0.9)),
+    ):
+        want, want_grid = preprocess_images(images, cfg)
+        got, grid = preprocess_batch(images, cfg)
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+        assert grid.dtype == want_grid.dtype and np.array_equal(grid, want_grid)
+        padded, _ = preprocess_batch(images, cfg, pad_to=len(want) + 12)
+        assert padded.shape == (len(want) + 12, cfg.patch_dim)
+        assert np.array_equal(padded[: len(want)], want) and not padded[len(want) :].any()
+
+
+def test_preprocess_batch_other_inputs_and_errors():
+    mixed = [_picture(64, 64, 0), _picture(100, 150, 1), PIL.Image.new("L", (40, 30), 7)]
+    for images in (mixed, [], [_picture(64, 64, 0).astype(np.float32) / 255]):
+        try:
+            want = preprocess_images(images, CFG)
+        except ValueError as e:  # preprocess_batch gives the same error
+            with pytest.raises(ValueError, match=re.escape(str(e))):
+                preprocess_batch(images, CFG)
+            continue
+        got = preprocess_batch(images, CFG)
+        assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+    with pytest.raises(ValueError, match=r"image 0: image size 8x2000 .*aspect ratio 250.0"):
+        preprocess_batch([np.zeros((8, 2000, 3), np.uint8)] * 2, CFG)
+    with pytest.raises(ValueError, match="hold 96 patches, more than pad_to=64"):
+        preprocess_batch([_picture(64, 96, 0)] * 4, CFG, pad_to=64)
+
+
 # --- prompts ------------------------------------------------------------------------------------
 
 
@@ -373,3 +414,52 @@ def test_pad_batch():
 def test_pad_batch_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         pad_batch(pad_id=0, **kwargs)
+
+
+# Contents with surrounding whitespace, blank lines, tags (rendered with Jinja), non-ASCII.
+QUESTIONS = [
+    "What colour is the square?",
+    " both ends \n",
+    "a\n\nb",
+    "ünïcödé ✓ 3+4",
+    "<b>x</b>",
+    "",
+]
+ANSWERS = ["Look.\n\nCount: 3.\n\nAnswer: B", "\n lead", "trail \n\n", "x</think>y", ""]
+
+
+def _chat(question, answer):
+    user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+    return [user] if answer is None else [user, {"role": "assistant", "content": answer}]
+
+
+@pytest.mark.parametrize("strip", [False, True])
+def test_image_chat_template_is_build_prompt(tokenizer_dir, strip):
+    tokenizer = load_tokenizer(tokenizer_dir)
+    if strip:  # a template that edits contents cannot be spliced: every prompt is rendered
+        template = tokenizer.chat_template.replace("item['text']", "item['text'] | trim")
+        assert template != tokenizer.chat_template
+        tokenizer.chat_template = template
+    chat = ImageChatTemplate(tokenizer, merge_size=2)
+    assert (chat._pieces is None) == strip
+    texts, want_ids, grids = [], [], []
+    for q in QUESTIONS:
+        for a in (None, *ANSWERS):
+            grid = np.array([[1, 4, 6]]) if len(texts) % 2 else np.array([[1, 2, 2]])
+            ids, text = build_prompt(tokenizer, _chat(q, a), grid, add_generation_prompt=a is None)
+            assert chat.render(q, grid, a) == text, (q, a)
+            texts.append(text)
+            want_ids.append(ids)
+            grids.append(grid)
+    assert chat.encode(texts, grids) == want_ids
+
+
+def test_image_chat_template_bad_input(tokenizer):
+    no_template = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer)
+    with pytest.raises(ValueError, match="has no chat template"):
+        ImageChatTemplate(no_template)
+    chat = ImageChatTemplate(tokenizer)
+    with pytest.raises(ValueError, match="videos are not supported"):
+        chat.render("<|video_pad|>", np.array([[1, 2, 2]]))
+    with pytest.raises(ValueError, match="2 image placeholders"):
+        chat.render("and <|image_pad|>", np.array([[1, 2, 2]]))

@@ -21,17 +21,21 @@ the config only:
   it before `jax.device_put`).
 
 Order of operations (grain 0.2.18): ``source -> [shard_index::shard_count] -> shuffle ->
-repeat -> map(tokenise) -> batch -> to_iter_dataset -> [mp_prefetch]``. Slicing before
-shuffling makes host shards disjoint and together cover the source; ``repeat`` reseeds the
-shuffle each epoch. Batching by index (before ``to_iter_dataset``) makes batches
-independent of ``worker_count``: ``mp_prefetch`` gives each worker a strided slice of what
-comes before ``to_iter_dataset``, so batching after it would batch within each worker's
-slice. With ``skip_overlong`` the order is ``map -> filter -> to_iter_dataset -> batch``
-instead (a dropped example must not leave a hole), and batches then depend on
-``worker_count``. The iterator's ``get_state()`` is a
-small JSON-serialisable dict (`state_to_bytes` / `state_from_bytes`) to store with the
-training checkpoint; `save_iterator` / `restore_iterator` do so with an Orbax
-``CheckpointManager`` under the item name `ITEM`, using grain's Orbax handler
+repeat -> batch(records) -> map(TokenizeBatch) -> to_iter_dataset -> [mp_prefetch]``.
+Slicing before shuffling makes host shards disjoint and together cover the source;
+``repeat`` reseeds the shuffle each epoch. Batching by index (before ``to_iter_dataset``)
+makes batches independent of ``worker_count``: ``mp_prefetch`` gives each worker a strided
+slice of what comes before ``to_iter_dataset``, so batching after it would batch within
+each worker's slice. `TokenizeBatch` makes a batch's rows together (one tokenizer call,
+one array operation for the images) and gives exactly `collate` of `TokenizeExample.map`'s
+rows, the per-example definition. With ``skip_overlong`` the order is
+``map(TokenizeExample) -> filter -> to_iter_dataset -> batch(collate)`` instead (a dropped
+example must not leave a hole), and batches then depend on ``worker_count``.
+
+The iterator's ``get_state()`` is a small JSON-serialisable dict (`state_to_bytes` /
+`state_from_bytes`) to store with the training checkpoint; `save_iterator` /
+`restore_iterator` do so with an Orbax ``CheckpointManager`` under the item name `ITEM`,
+using grain's Orbax handler
 (``grain.checkpoint.CheckpointSave`` / ``CheckpointRestore``, one JSON file per process).
 `iterator_save_args` / `iterator_restore_args` build that item's arguments for any
 manager, e.g. the training `Checkpointer` that stores it beside the model state.
@@ -57,8 +61,8 @@ from dreamr_jax.data import verification
 from dreamr_jax.data.steps import StepConfig, join_steps
 from dreamr_jax.data.synthetic_tfds import as_record
 from dreamr_jax.models.positions import rope_index
-from dreamr_jax.processing.image import ImageProcessorConfig, preprocess_images
-from dreamr_jax.processing.prompt import DEFAULT_IMAGE_TOKEN, build_prompt
+from dreamr_jax.processing.image import ImageProcessorConfig, preprocess_batch, preprocess_images
+from dreamr_jax.processing.prompt import DEFAULT_IMAGE_TOKEN, ImageChatTemplate, build_prompt
 from dreamr_jax.spec.verify import verification_suffix
 
 _VISION_START = "<|vision_start|>"
@@ -172,6 +176,9 @@ class TokenizeExample(grain.transforms.Map):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.end_id = _token_id(tokenizer, _END_OF_TURN)
         self.suffix = verification_suffix(tokenizer, cfg.verify_question)
+        self.verdict_ids = [
+            tokenizer.encode(w, add_special_tokens=False)[0] for w in cfg.verify_words
+        ]
         # rope_index reads only these fields of a ModelConfig; taking them from the tokenizer
         # and image config keeps prompt and positions consistent by construction.
         self.rope_cfg = types.SimpleNamespace(
@@ -185,7 +192,6 @@ class TokenizeExample(grain.transforms.Map):
     def _verification(self, rec: Mapping, prompt: list[int], rng) -> tuple[list[int], int, int]:
         """A verification example's ids and the span of its one trained token."""
         k, candidate, correct = verification.choose(rec["steps"], rng)
-        word = self.cfg.verify_words[0 if correct else 1]
         ids = verification.verification_ids(
             prompt,
             rec["steps"],
@@ -195,7 +201,7 @@ class TokenizeExample(grain.transforms.Map):
             delimiter=self.cfg.step_delimiter,
             end_id=self.end_id,
             suffix=self.suffix,
-            verdict_id=self.tokenizer.encode(word, add_special_tokens=False)[0],
+            verdict_id=self.verdict_ids[0 if correct else 1],
         )
         return ids, len(ids) - 1, len(ids)
 
@@ -292,6 +298,132 @@ def collate(examples: Sequence[Mapping[str, Any]], num_patches: int) -> dict[str
     return batch
 
 
+class TokenizeBatch(grain.transforms.Map):
+    """b records -> one batch: `collate` of `TokenizeExample.map`'s rows, bit for bit.
+
+    The per-row work is done for the whole batch at once: one `preprocess_batch` call for
+    the images (written straight into the padded ``pixel_values``), the chat template
+    rendered once (`ImageChatTemplate`), one tokenizer call for every text, and the M-RoPE
+    ids of one-image rows as array operations (`_one_image_positions`). Whenever any of it
+    fails, or an example is too long, the batch is made with `TokenizeExample` instead, so
+    every error is the reference's, with its message.
+    """
+
+    def __init__(self, cfg: PipelineConfig, tokenizer, image_cfg: ImageProcessorConfig):
+        self.cfg, self.image_cfg = cfg, image_cfg
+        self.example = TokenizeExample(cfg, tokenizer, image_cfg)
+        self.chat = ImageChatTemplate(tokenizer, merge_size=image_cfg.merge_size)
+
+    def map(self, records: Sequence[Mapping]) -> dict[str, Any]:
+        try:
+            batch = self.fast(records)
+        except Exception:  # the reference path below raises the real error, or succeeds
+            batch = None
+        if batch is None:
+            return collate([self.example.map(r) for r in records], self.cfg.num_patches)
+        return batch
+
+    def fast(self, records: Sequence[Mapping]) -> dict[str, Any] | None:
+        """The batch, or None where the reference path must make it (an overlong row)."""
+        recs = [as_record(r) for r in records]
+        pixels, grid = preprocess_batch(
+            [r["image"] for r in recs], self.image_cfg, pad_to=self.cfg.num_patches
+        )
+        rows = self.token_rows(recs, grid)
+        if rows is None:
+            return None
+        return self.assemble(recs, rows, pixels, grid)
+
+    def token_rows(self, recs: Sequence[Mapping], grid: np.ndarray) -> list[tuple] | None:
+        """Each row's ``(ids, first trained index, end of trained span, weight)``, as
+        `TokenizeExample._tokenize`; None if a row is too long (the reference raises)."""
+        cfg, grids = self.cfg, [g[None] for g in grid]
+        rngs = [np.random.default_rng([cfg.seed, zlib.crc32(r["id"].encode())]) for r in recs]
+        verify = [bool(cfg.verify_fraction) and g.random() < cfg.verify_fraction for g in rngs]
+        texts = [self.chat.render(r["question"], g) for r, g in zip(recs, grids, strict=True)]
+        chains = [i for i, v in enumerate(verify) if not v]
+        delimiter = StepConfig(delimiter=cfg.step_delimiter)
+        for i in chains:
+            answer = join_steps(recs[i]["steps"], delimiter)
+            texts.append(self.chat.render(recs[i]["question"], grids[i], answer))
+        ids = self.chat.encode(texts, grids + [grids[i] for i in chains])
+        full = dict(zip(chains, ids[len(recs) :], strict=True))
+        rows = []
+        for i, (rec, prompt) in enumerate(zip(recs, ids[: len(recs)], strict=True)):
+            if verify[i]:
+                rows.append((*self.example._verification(rec, prompt, rngs[i]), cfg.verify_weight))
+                continue
+            if full[i][: len(prompt)] != prompt:
+                return None
+            stop = full[i].index(self.example.end_id, len(prompt)) + 1  # ValueError: none
+            rows.append((full[i], len(prompt), stop, 1))
+        # (preprocess_batch already refused more patches than num_patches)
+        return None if max(len(r[0]) for r in rows) > cfg.seq_len else rows
+
+    def assemble(self, recs, rows, pixels: np.ndarray, grid: np.ndarray) -> dict[str, Any]:
+        """`collate`'s dict from the rows of `token_rows` and `preprocess_batch`'s output."""
+        b, t = len(rows), self.cfg.seq_len
+        input_ids = np.full((b, t), self.example.pad_id, np.int32)
+        for row, (ids, *_) in zip(input_ids, rows, strict=True):
+            row[: len(ids)] = ids
+        spans = np.asarray([(len(ids), *span) for ids, *span in rows], np.int64)
+        n, start, stop, weight = spans.T[:, :, None]  # each [b, 1]
+        columns = np.arange(t)
+        attention_mask = (columns < n).astype(np.int32)
+        trained = (columns >= start) & (columns < stop)
+        loss_mask = trained.astype(np.int32) * weight.astype(np.int32)
+        valid = int(grid.prod(axis=1).sum())
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "loss_mask": loss_mask,
+            "image_grid_thw": grid.astype(np.int32),
+            "positions": _one_image_positions(
+                input_ids, attention_mask, grid, self.example.rope_cfg
+            ),
+            "pixel_values": pixels,
+            "patch_mask": (np.arange(self.cfg.num_patches) < valid).astype(np.int32),
+            "num_valid_patches": np.asarray(valid, np.int32),
+            "id": np.asarray([r["id"] for r in recs]),
+        }
+
+
+def _one_image_positions(input_ids, attention_mask, grid, rope_cfg) -> np.ndarray:
+    """`rope_index`'s positions ``[3, b, t]`` for right-padded rows holding one image each
+    (``grid`` ``[b, 3]``), as array operations over the batch rather than a loop over rows.
+
+    Rows with text ``[0, s)``, the image's run of ``c`` tokens from ``s`` (right after the
+    vision-start token) and text after it get ``j``, ``s + (t, h, w)`` of the token's
+    merged patch, and ``j - (s + c) + s + max(t, h, w extents)``; padding holds 1. Any other
+    layout goes to `rope_index` itself.
+    """
+    ids = np.asarray(input_ids)
+    b, t = ids.shape
+    columns = np.arange(t)[None]
+    n = attention_mask.sum(axis=1, keepdims=True)
+    m = rope_cfg.vision.spatial_merge_size
+    gt, gh, gw = (np.asarray(grid, np.int64) // (1, m, m)).T[:, :, None]  # each [b, 1]
+    count = gt * gh * gw
+    image = (ids == rope_cfg.image_token_id) & (columns < n)
+    s = np.argmax(image, axis=1)[:, None]
+    in_image = (columns >= s) & (columns < s + count)
+    before = np.take_along_axis(ids, np.maximum(s - 1, 0), axis=1)
+    simple = (
+        np.array_equal(attention_mask, (columns < n).astype(attention_mask.dtype))
+        and (s >= 1).all()
+        and (before == rope_cfg.vision_start_token_id).all()
+        and (s + count <= n).all()
+        and np.array_equal(image, in_image)
+    )
+    if not simple:
+        return rope_index(ids, grid, attention_mask, rope_cfg)[0]
+    k = np.where(in_image, columns - s, 0)
+    text = np.where(columns < s, columns, columns - count + np.maximum(gt, np.maximum(gh, gw)))
+    positions = np.stack([k // (gh * gw), k // gw % gh, k % gw]) + s
+    positions = np.where(in_image, positions, text)
+    return np.where(columns < n, positions, 1).astype(np.int32)
+
+
 def _is_kept(example) -> bool:
     return example is not None
 
@@ -333,21 +465,25 @@ def make_dataset(
         )
     if cfg.shuffle:
         ds = ds.shuffle(seed=cfg.seed)
-    ds = ds.repeat(cfg.num_epochs).map(TokenizeExample(cfg, tokenizer, image_cfg))
-    batch_fn = functools.partial(collate, num_patches=cfg.num_patches)
+    ds = ds.repeat(cfg.num_epochs)
     read = grain.ReadOptions(
         num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch_batches
     )
     if cfg.skip_overlong:
         # Dropped examples would leave holes in index-based batches: batch after filtering.
         # Then each worker batches its own slice, so batches depend on worker_count.
-        it = ds.filter(_is_kept).to_iter_dataset(read)
-        it = it.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder, batch_fn=batch_fn)
+        it = ds.map(TokenizeExample(cfg, tokenizer, image_cfg)).filter(_is_kept)
+        it = it.to_iter_dataset(read).batch(
+            cfg.batch_size,
+            drop_remainder=cfg.drop_remainder,
+            batch_fn=functools.partial(collate, num_patches=cfg.num_patches),
+        )
     else:
         # Batching by index keeps every batch the same whatever worker_count is: workers
         # take whole batches (mp_prefetch slices the dataset right before to_iter_dataset).
-        ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder, batch_fn=batch_fn)
-        it = ds.to_iter_dataset(read)
+        # Records are batched first and tokenised a batch at a time (TokenizeBatch).
+        ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder, batch_fn=list)
+        it = ds.map(TokenizeBatch(cfg, tokenizer, image_cfg)).to_iter_dataset(read)
     if cfg.worker_count > 0:
         it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(cfg.worker_count))
     return it

@@ -41,6 +41,22 @@ _HOST_KEYS = ("id", "pixel_values", "patch_mask", "image_grid_thw", "num_valid_p
 def _row_vision(pixels, grid_b3, cfg: ModelConfig, patches_per_row: int) -> VisionInputs:
     """Per-row `VisionInputs` stacked to ``[b, patches_per_row, ...]`` (host NumPy)."""
     counts = np.prod(grid_b3, axis=1)
+    b, n = len(grid_b3), int(counts[0]) if len(counts) else 0
+    if b and (grid_b3 == grid_b3[0]).all() and n <= patches_per_row and len(pixels) >= b * n:
+        # Rows of one image size (a training batch): one row's layout, and the pixels
+        # reshaped into rows, not padded and stacked one by one; the same arrays as below.
+        one = host_vision_inputs(pixels[:n], grid_b3[:1], cfg.vision, pad_to=patches_per_row)
+        pixels_bpd = pixels[: b * n].reshape(b, n, -1)  # a view when rows need no padding
+        if n < patches_per_row:
+            pixels_bpd = np.zeros((b, *one.pixel_values.shape), pixels.dtype)
+            pixels_bpd[:, :n] = pixels[: b * n].reshape(b, n, -1)
+        return VisionInputs(
+            pixel_values=pixels_bpd,
+            pos_index=np.stack([one.pos_index] * b),
+            pos_weight=np.stack([one.pos_weight] * b),
+            rope_pos=np.stack([one.rope_pos] * b),
+            segment_ids=np.stack([one.segment_ids] * b),
+        )
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rows = []
     for r, (start, n) in enumerate(zip(starts.tolist(), counts.tolist(), strict=True)):
