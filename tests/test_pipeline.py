@@ -1,5 +1,6 @@
 """The grain batch pipeline: static shapes, answer-only loss mask, resumable state, shards."""
 
+import collections
 import dataclasses
 import json
 import types
@@ -8,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from dreamr_jax.data import pipeline, synthetic_tfds
+from dreamr_jax.data import iterator_state, pipeline, synthetic_tfds
 from dreamr_jax.data.steps import join_steps
 from dreamr_jax.data.synthetic import SyntheticConfig
 from dreamr_jax.models.config import VisionConfig
@@ -113,11 +114,11 @@ def test_restored_iterator_state_continues_identically(data):
     it = iter(pipeline.make_dataset(source, cfg, tokenizer, IMAGE_CFG))
     for _ in range(2):
         next(it)
-    state = pipeline.state_to_bytes(it)
+    state = iterator_state.state_to_bytes(it)
     json.loads(state)  # JSON-serialisable
     expected = [next(it) for _ in range(4)]  # crosses the epoch boundary
     fresh = iter(pipeline.make_dataset(source, cfg, tokenizer, IMAGE_CFG))
-    pipeline.state_from_bytes(fresh, state)
+    iterator_state.state_from_bytes(fresh, state)
     for want, got in zip(expected, [next(fresh) for _ in range(4)], strict=True):
         assert want.keys() == got.keys()
         for k in want:
@@ -206,11 +207,11 @@ def test_orbax_saved_iterator_resumes_identically(data, tmp_path):
     it = iter(pipeline.make_dataset(source, cfg, tokenizer, IMAGE_CFG))
     for _ in range(2):
         next(it)
-    pipeline.save_iterator(it, tmp_path / "ckpt", step=2)
+    iterator_state.save_iterator(it, tmp_path / "ckpt", step=2)
     expected = [next(it) for _ in range(3)]  # crosses the epoch boundary
-    pipeline.save_iterator(it, tmp_path / "ckpt", step=5)
+    iterator_state.save_iterator(it, tmp_path / "ckpt", step=5)
     fresh = iter(pipeline.make_dataset(source, cfg, tokenizer, IMAGE_CFG))
-    assert pipeline.restore_iterator(fresh, tmp_path / "ckpt", step=2) == 2
+    assert iterator_state.restore_iterator(fresh, tmp_path / "ckpt", step=2) == 2
     _assert_same_batches(expected, [next(fresh) for _ in range(3)])
 
 
@@ -219,12 +220,12 @@ def test_orbax_restore_defaults_to_the_latest_step(data, tmp_path):
     cfg = dataclasses.replace(CFG, num_epochs=None)
     it = iter(pipeline.make_dataset(source, cfg, tokenizer, IMAGE_CFG))
     next(it)
-    pipeline.save_iterator(it, tmp_path, step=1)
+    iterator_state.save_iterator(it, tmp_path, step=1)
     next(it)
-    pipeline.save_iterator(it, tmp_path, step=2)
+    iterator_state.save_iterator(it, tmp_path, step=2)
     expected = [next(it) for _ in range(2)]
     fresh = iter(pipeline.make_dataset(source, cfg, tokenizer, IMAGE_CFG))
-    assert pipeline.restore_iterator(fresh, tmp_path) == 2
+    assert iterator_state.restore_iterator(fresh, tmp_path) == 2
     _assert_same_batches(expected, [next(fresh) for _ in range(2)])
 
 
@@ -233,13 +234,13 @@ def test_orbax_restore_without_a_checkpoint_names_the_directory(data, tmp_path):
     it = iter(pipeline.make_dataset(source, CFG, tokenizer, IMAGE_CFG))
     missing = tmp_path / "no_such_dir"
     with pytest.raises(FileNotFoundError, match="no_such_dir"):
-        pipeline.restore_iterator(it, missing)
+        iterator_state.restore_iterator(it, missing)
     assert not missing.exists()
     with pytest.raises(FileNotFoundError, match="saved steps: \\[\\]"):
-        pipeline.restore_iterator(it, tmp_path)  # exists, but holds no checkpoint
-    pipeline.save_iterator(it, tmp_path / "ckpt", step=0)
+        iterator_state.restore_iterator(it, tmp_path)  # exists, but holds no checkpoint
+    iterator_state.save_iterator(it, tmp_path / "ckpt", step=0)
     with pytest.raises(FileNotFoundError, match="step 7"):
-        pipeline.restore_iterator(it, tmp_path / "ckpt", step=7)
+        iterator_state.restore_iterator(it, tmp_path / "ckpt", step=7)
 
 
 # --- the batched path (TokenizeBatch) against the per-example reference -------------------------
@@ -265,7 +266,7 @@ def test_batched_path_is_the_reference_bit_for_bit(data, cfg, monkeypatch):
     batcher = pipeline.TokenizeBatch(cfg, tokenizer, IMAGE_CFG)
     lengths, verify_rows = set(), 0
     for start in range(0, 12, 4):
-        records = [source[i] for i in range(start, start + 4)]
+        records = [(source[i], i % 3) for i in range(start, start + 4)]  # (record, epoch)
         want = pipeline.collate([batcher.example.map(r) for r in records], cfg.num_patches)
         with monkeypatch.context() as patch:
             patch.setattr(pipeline, "rope_index", _no_rope_index)
@@ -281,8 +282,12 @@ def test_batched_path_is_the_reference_bit_for_bit(data, cfg, monkeypatch):
 def test_dataset_batches_are_the_reference_rows_collated(data):
     source, tokenizer = data
     reference = pipeline.TokenizeExample(VERIFY, tokenizer, IMAGE_CFG)
+    passes = collections.Counter()  # a record's epoch: how often it was read before
     for batch in _batches(data, dataclasses.replace(VERIFY, num_epochs=2)):
-        records = [source[int(str(i).rsplit("-", 1)[1])] for i in batch["id"]]
+        records = []
+        for i in map(str, batch["id"]):
+            records.append((source[int(i.rsplit("-", 1)[1])], passes[i]))
+            passes[i] += 1
         _assert_identical(
             pipeline.collate([reference.map(r) for r in records], VERIFY.num_patches), batch
         )
@@ -293,7 +298,7 @@ def test_batched_path_leaves_overlong_batches_to_the_reference(data):
     cfg = dataclasses.replace(CFG, seq_len=64)
     batcher = pipeline.TokenizeBatch(cfg, tokenizer, IMAGE_CFG)
     records = [source[i] for i in range(4)]
-    assert batcher.fast(records) is None
+    assert batcher.fast([(r, 0) for r in records]) is None
     with pytest.raises(pipeline.ExampleTooLong, match="example 'train-3-0' has"):
         batcher.map(records)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 import numpy as np
@@ -45,6 +46,12 @@ def test_corrupt_step_changes_exactly_one_fact(step):
         assert wrong is not None and wrong != step
         a, b = step.split(), wrong.split()
         assert len(a) == len(b) and sum(x != y for x, y in zip(a, b, strict=True)) == 1
+
+
+def test_corrupt_step_swaps_option_letters_within_a_to_h():
+    rng = np.random.default_rng(0)
+    seen = {corrupt_step("Answer: H", rng).split()[-1] for _ in range(200)}
+    assert seen == set("ABCDEFG")  # every other letter the pattern reads, never H itself
 
 
 def test_corrupt_step_gives_up_on_steps_without_facts():
@@ -101,6 +108,21 @@ def test_verify_fraction_mixes_and_is_deterministic(data):
         np.testing.assert_array_equal(a["input_ids"], b["input_ids"])
     trained = np.concatenate([b["loss_mask"].sum(1) for b in runs[0]])
     assert (trained == 1).any() and (trained > 1).any()
+
+
+def test_each_epoch_draws_new_verification_examples(data):
+    source, tok = data
+    cfg = dataclasses.replace(CFG, num_epochs=3)
+    runs = [list(pipeline.make_dataset(source, cfg, tok, IMAGE_CFG)) for _ in range(2)]
+    for a, b in zip(*runs, strict=True):  # deterministic, epochs included
+        np.testing.assert_array_equal(a["input_ids"], b["input_ids"])
+    rows = collections.defaultdict(list)  # record id -> its row in each epoch
+    for batch in runs[0]:
+        for i, ids in zip(batch["id"], batch["input_ids"], strict=True):
+            rows[str(i)].append(ids.tobytes())
+    assert all(len(r) == 3 for r in rows.values())
+    changed = sum(len(set(r)) > 1 for r in rows.values())
+    assert changed >= len(rows) // 2  # most records judge another step or candidate
 
 
 def test_verdict_token_carries_the_verify_weight(data):

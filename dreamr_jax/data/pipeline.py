@@ -21,11 +21,12 @@ the config only:
   it before `jax.device_put`).
 
 Order of operations (grain 0.2.18): ``range(len(source)) -> [shard_index::shard_count] ->
-shuffle -> repeat -> batch -> map(read the records) -> map(TokenizeBatch) ->
-to_iter_dataset -> [mp_prefetch]``: indices are shuffled and batched, the same order as
-over ``MapDataset.source(source)``, and the same iterator states.
-Slicing before shuffling makes host shards disjoint and together cover the source;
-``repeat`` reseeds the shuffle each epoch. Batching by index (before ``to_iter_dataset``)
+shuffle -> repeat -> map_with_index(epoch) -> batch -> map(read the records) ->
+map(TokenizeBatch) -> to_iter_dataset -> [mp_prefetch]``: indices are shuffled and
+batched, the same order as over ``MapDataset.source(source)``, and the same iterator
+states. Slicing before shuffling makes host shards disjoint and together cover the source;
+``repeat`` reseeds the shuffle each epoch, and each index carries its epoch so that every
+pass draws new verification examples (`row_rng`). Batching by index (before ``to_iter_dataset``)
 makes batches independent of ``worker_count``: ``mp_prefetch`` gives each worker a strided
 slice of what comes before ``to_iter_dataset``, so batching after it would batch within
 each worker's slice. `TokenizeBatch` makes a batch's rows together (one tokenizer call,
@@ -34,21 +35,14 @@ rows, the per-example definition. With ``skip_overlong`` the order is ``map(read
 map(TokenizeExample) -> filter -> to_iter_dataset -> batch(collate)`` instead (a dropped
 example must not leave a hole), and batches then depend on ``worker_count``.
 
-The iterator's ``get_state()`` is a small JSON-serialisable dict (`state_to_bytes` /
-`state_from_bytes`) to store with the training checkpoint; `save_iterator` /
-`restore_iterator` do so with an Orbax ``CheckpointManager`` under the item name `ITEM`,
-using grain's Orbax handler
-(``grain.checkpoint.CheckpointSave`` / ``CheckpointRestore``, one JSON file per process).
-`iterator_save_args` / `iterator_restore_args` build that item's arguments for any
-manager, e.g. the training `Checkpointer` that stores it beside the model state.
+The iterator's ``get_state()`` is a small JSON-serialisable dict; `data.iterator_state`
+saves and restores it with the training checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 import types
 import zlib
 from collections.abc import Mapping, Sequence
@@ -56,7 +50,6 @@ from typing import Any
 
 import grain
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 
 from dreamr_jax.data import verification
@@ -158,6 +151,14 @@ class PipelineConfig:
         return self
 
 
+def row_rng(seed: int, example_id: str, epoch: int) -> np.random.Generator:
+    """The generator that makes example ``example_id``'s row in pass ``epoch`` over the data:
+    whether it is a verification example, and which step and candidate it judges. The epoch
+    is part of the key, so each pass draws new verification examples instead of repeating
+    the first pass's (a target that sees one fixed corruption per example memorises it)."""
+    return np.random.default_rng([seed, zlib.crc32(example_id.encode()), epoch])
+
+
 def _token_id(tokenizer, token: str) -> int:
     tid = tokenizer.convert_tokens_to_ids(token)
     if tid is None or tid == getattr(tokenizer, "unk_token_id", None):
@@ -207,7 +208,9 @@ class TokenizeExample(grain.transforms.Map):
         )
         return ids, len(ids) - 1, len(ids)
 
-    def _tokenize(self, rec: Mapping) -> tuple[list[int], int, int, int, np.ndarray, np.ndarray]:
+    def _tokenize(
+        self, rec: Mapping, epoch: int
+    ) -> tuple[list[int], int, int, int, np.ndarray, np.ndarray]:
         """``(ids, first trained index, end of trained span, its weight, pixels, grid)``."""
         pixels, grid = preprocess_images(rec["image"], self.image_cfg)
         user = {
@@ -216,7 +219,7 @@ class TokenizeExample(grain.transforms.Map):
         }
         merge = self.image_cfg.merge_size
         prompt, _ = build_prompt(self.tokenizer, [user], grid, merge_size=merge)
-        rng = np.random.default_rng([self.cfg.seed, zlib.crc32(rec["id"].encode())])
+        rng = row_rng(self.cfg.seed, rec["id"], epoch)
         if self.cfg.verify_fraction and rng.random() < self.cfg.verify_fraction:
             ids, start, stop = self._verification(rec, prompt, rng)
             return ids, start, stop, self.cfg.verify_weight, pixels, grid
@@ -238,9 +241,11 @@ class TokenizeExample(grain.transforms.Map):
             raise ValueError(f"example {rec['id']!r}: no {_END_OF_TURN} after the answer.")
         return full, len(prompt), ends[0] + 1, 1, pixels, grid
 
-    def map(self, record: Mapping) -> dict[str, Any] | None:
+    def map(self, element: Mapping | tuple[Mapping, int]) -> dict[str, Any] | None:
+        """The row of ``element``: a record, or ``(record, epoch)`` (a record alone is epoch 0)."""
+        record, epoch = _with_epoch(element)
         rec = as_record(record)
-        ids, start, stop, weight, pixels, grid = self._tokenize(rec)
+        ids, start, stop, weight, pixels, grid = self._tokenize(rec, epoch)
         t = self.cfg.seq_len
         problem = None
         if len(ids) > t:
@@ -316,7 +321,9 @@ class TokenizeBatch(grain.transforms.Map):
         self.example = TokenizeExample(cfg, tokenizer, image_cfg)
         self.chat = ImageChatTemplate(tokenizer, merge_size=image_cfg.merge_size)
 
-    def map(self, records: Sequence[Mapping]) -> dict[str, Any]:
+    def map(self, elements: Sequence[Mapping | tuple[Mapping, int]]) -> dict[str, Any]:
+        """The batch of ``elements``: records, or ``(record, epoch)`` pairs."""
+        records = [_with_epoch(e) for e in elements]
         try:
             batch = self.fast(records)
         except Exception:  # the reference path below raises the real error, or succeeds
@@ -325,22 +332,24 @@ class TokenizeBatch(grain.transforms.Map):
             return collate([self.example.map(r) for r in records], self.cfg.num_patches)
         return batch
 
-    def fast(self, records: Sequence[Mapping]) -> dict[str, Any] | None:
+    def fast(self, records: Sequence[tuple[Mapping, int]]) -> dict[str, Any] | None:
         """The batch, or None where the reference path must make it (an overlong row)."""
-        recs = [as_record(r) for r in records]
+        recs = [as_record(r) for r, _ in records]
         pixels, grid = preprocess_batch(
             [r["image"] for r in recs], self.image_cfg, pad_to=self.cfg.num_patches
         )
-        rows = self.token_rows(recs, grid)
+        rows = self.token_rows(recs, [epoch for _, epoch in records], grid)
         if rows is None:
             return None
         return self.assemble(recs, rows, pixels, grid)
 
-    def token_rows(self, recs: Sequence[Mapping], grid: np.ndarray) -> list[tuple] | None:
+    def token_rows(
+        self, recs: Sequence[Mapping], epochs: Sequence[int], grid: np.ndarray
+    ) -> list[tuple] | None:
         """Each row's ``(ids, first trained index, end of trained span, weight)``, as
         `TokenizeExample._tokenize`; None if a row is too long (the reference raises)."""
         cfg, grids = self.cfg, [g[None] for g in grid]
-        rngs = [np.random.default_rng([cfg.seed, zlib.crc32(r["id"].encode())]) for r in recs]
+        rngs = [row_rng(cfg.seed, r["id"], e) for r, e in zip(recs, epochs, strict=True)]
         verify = [bool(cfg.verify_fraction) and g.random() < cfg.verify_fraction for g in rngs]
         texts = [self.chat.render(r["question"], g) for r, g in zip(recs, grids, strict=True)]
         chains = [i for i, v in enumerate(verify) if not v]
@@ -426,16 +435,31 @@ def _one_image_positions(input_ids, attention_mask, grid, rope_cfg) -> np.ndarra
     return np.where(columns < n, positions, 1).astype(np.int32)
 
 
+def _with_epoch(element) -> tuple[Mapping, int]:
+    return element if isinstance(element, tuple) else (element, 0)
+
+
+class _Epoch(grain.transforms.MapWithIndex):
+    """A source index at position ``i`` of the repeated order -> ``(index, i // per_epoch)``."""
+
+    def __init__(self, per_epoch: int):
+        self.per_epoch = per_epoch
+
+    def map_with_index(self, i: int, index: int) -> tuple[int, int]:
+        return index, i // self.per_epoch
+
+
 class _Read(grain.transforms.Map):
-    """An index (or a list of indices) -> the source's record(s)."""
+    """An ``(index, epoch)`` pair (or a list of them) -> ``(record, epoch)`` (or a list)."""
 
     def __init__(self, source: Sequence):
         self.source = source
 
-    def map(self, index):
-        if isinstance(index, list):
-            return [self.source[i] for i in index]
-        return self.source[index]
+    def map(self, item):
+        if isinstance(item, list):
+            return [(self.source[i], epoch) for i, epoch in item]
+        index, epoch = item
+        return self.source[index], epoch
 
 
 def _is_kept(example) -> bool:
@@ -481,7 +505,7 @@ def make_dataset(
         )
     if cfg.shuffle:
         ds = ds.shuffle(seed=cfg.seed)
-    ds = ds.repeat(cfg.num_epochs)
+    ds = ds.repeat(cfg.num_epochs).map_with_index(_Epoch(len(ds)))
     read = grain.ReadOptions(
         num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch_batches
     )
@@ -505,91 +529,3 @@ def make_dataset(
     if cfg.worker_count > 0:
         it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(cfg.worker_count))
     return it
-
-
-def state_to_bytes(iterator) -> bytes:
-    """The iterator's position as JSON bytes, to store beside a training checkpoint."""
-    return json.dumps(iterator.get_state(), sort_keys=True).encode()
-
-
-def state_from_bytes(iterator, state: bytes) -> None:
-    """Moves a fresh iterator of the same pipeline to a position from `state_to_bytes`."""
-    iterator.set_state(json.loads(state.decode()))
-
-
-# The CheckpointManager item holding the data iterator. A training checkpoint stores it beside
-# model / optimizer items in one manager: save with
-# ``ocp.args.Composite(**{ITEM: iterator_save_args(it), ...})`` and restore with
-# ``ocp.args.Composite(**{ITEM: iterator_restore_args(it), ...})`` (`training.checkpoint` does).
-ITEM = "data_iterator"
-
-
-class _StateSnapshot:
-    """An iterator's state frozen when the save was asked for.
-
-    grain's handler reads ``get_state()`` when Orbax writes the item. Orbax 0.12.8 does
-    that before an async ``save`` returns, but nothing promises it; with the snapshot the
-    saved position is the one at the call even if the loop draws the next batch while the
-    write runs. grain writes a non-`DatasetIterator`'s state as the bytes ``get_state``
-    returns: the same JSON it writes for the live iterator, restored the same way.
-    """
-
-    def __init__(self, state: bytes):
-        self._state = state
-
-    def get_state(self) -> bytes:
-        return self._state
-
-
-def iterator_save_args(iterator) -> grain.checkpoint.CheckpointSave:
-    """Orbax save args for item `ITEM`: the iterator's position as of this call."""
-    state = iterator.get_state()
-    if not isinstance(state, bytes):  # DatasetIterator: a dict; DataLoaderIterator: bytes
-        state = state_to_bytes(iterator)
-    return grain.checkpoint.CheckpointSave(_StateSnapshot(state))
-
-
-def iterator_restore_args(iterator) -> grain.checkpoint.CheckpointRestore:
-    """Orbax restore args for item `ITEM`: sets ``iterator``'s state in place."""
-    return grain.checkpoint.CheckpointRestore(iterator)
-
-
-def _manager(directory) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(directory, item_names=(ITEM,))
-
-
-def save_iterator(iterator, directory, step: int) -> None:
-    """Saves the iterator's position as item `ITEM` of step ``step`` under ``directory``."""
-    with _manager(directory) as manager:
-        manager.save(step, args=ocp.args.Composite(**{ITEM: iterator_save_args(iterator)}))
-        manager.wait_until_finished()
-
-
-def restore_iterator(iterator, directory, step: int | None = None) -> int:
-    """Moves ``iterator`` (fresh, same pipeline) to the position saved at ``step``.
-
-    Args:
-      iterator: an iterator of the pipeline that was saved; its state is set in place.
-      directory: the CheckpointManager directory given to `save_iterator`.
-      step: the step to restore; None restores the latest.
-
-    Returns:
-      The restored step.
-
-    Raises:
-      FileNotFoundError: ``directory`` holds no checkpoint (or not ``step``).
-    """
-    if not os.path.isdir(directory):  # checked first: a manager would create it
-        raise FileNotFoundError(f"no data iterator checkpoint: {directory} does not exist.")
-    with _manager(directory) as manager:
-        steps = manager.all_steps()
-        if step is None:
-            step = manager.latest_step()
-        if step is None or step not in steps:
-            raise FileNotFoundError(
-                f"no data iterator checkpoint"
-                f"{'' if step is None else f' for step {step}'} in {directory} "
-                f"(saved steps: {sorted(steps)})."
-            )
-        manager.restore(step, args=ocp.args.Composite(**{ITEM: iterator_restore_args(iterator)}))
-    return step

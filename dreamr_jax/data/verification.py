@@ -22,7 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?![\w.]\d)")
-_OPTION = re.compile(r"\b(option|is|Answer:) ([A-H])\b")
+_LETTERS = "ABCDEFGH"  # option letters a step may name
+_OPTION = re.compile(rf"\b(option|is|Answer:) ([{_LETTERS[0]}-{_LETTERS[-1]}])\b")
 _COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
 _KINDS = ("circle", "square", "triangle")
 _COLOR = re.compile(rf"\b({'|'.join(_COLORS)})\b")
@@ -54,7 +55,7 @@ def corrupt_step(step: str, rng: np.random.Generator) -> str | None:
     """
     kinds = [
         (list(_NUMBER.finditer(step)), lambda m: _change_number(step, m, rng)),
-        (list(_OPTION.finditer(step)), lambda m: _swap(step, m, 2, "ABCD", rng)),
+        (list(_OPTION.finditer(step)), lambda m: _swap(step, m, 2, _LETTERS, rng)),
         (list(_COLOR.finditer(step)), lambda m: _swap(step, m, 1, _COLORS, rng)),
         (list(_KIND.finditer(step)), lambda m: _swap(step, m, 1, _KINDS, rng)),
     ]

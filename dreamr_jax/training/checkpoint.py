@@ -5,8 +5,8 @@ three items:
 
 * ``"state"``: any pytree of arrays (params, optimizer state, ``jax.random.key_data``, the
   step), restored straight into the shardings of an abstract target tree;
-* ``"data_iterator"``: the grain iterator's position (`pipeline.ITEM`, the same item
-  `pipeline.save_iterator` writes), so a resumed run sees the batches it would have seen;
+* ``"data_iterator"``: the grain iterator's position (`iterator_state.ITEM`, the same item
+  `iterator_state.save_iterator` writes), so a resumed run sees the batches it would have seen;
 * ``"config"``: the resolved run config as JSON, to see later what produced a checkpoint.
 
 Orbax writes each step to a temporary directory and renames it when complete, so a run
@@ -50,11 +50,11 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from dreamr_jax.data import pipeline
+from dreamr_jax.data import iterator_state
 
 STATE = "state"
 CONFIG = "config"
-ITEMS = (STATE, pipeline.ITEM, CONFIG)
+ITEMS = (STATE, iterator_state.ITEM, CONFIG)
 UNREADABLE_SUFFIX = ".unreadable"
 
 
@@ -205,7 +205,7 @@ class Checkpointer:
             return False
         items = {STATE: ocp.args.StandardSave(state)}
         if iterator is not None:
-            items[pipeline.ITEM] = pipeline.iterator_save_args(iterator)
+            items[iterator_state.ITEM] = iterator_state.iterator_save_args(iterator)
         if config is not None:
             items[CONFIG] = ocp.args.JsonSave(_config_dict(config))
         return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
@@ -269,11 +269,11 @@ class Checkpointer:
     def _restore_step(self, step: int, target: Any, iterator: Any) -> Any:
         items = {STATE: ocp.args.StandardRestore(target)}
         if iterator is not None:
-            if not (self.directory / str(step) / pipeline.ITEM).exists():
+            if not (self.directory / str(step) / iterator_state.ITEM).exists():
                 raise CheckpointError(
-                    f"step {step} has no {pipeline.ITEM!r} item (saved without an iterator?)."
+                    f"step {step} has no {iterator_state.ITEM!r} item (saved without an iterator?)."
                 )
-            items[pipeline.ITEM] = pipeline.iterator_restore_args(iterator)
+            items[iterator_state.ITEM] = iterator_state.iterator_restore_args(iterator)
         return self._manager.restore(step, args=ocp.args.Composite(**items))[STATE]
 
     def _set_aside(self, steps: list[int]) -> None:
