@@ -137,6 +137,7 @@ def _sft(steps: int, lr: float, batch: int) -> ml_collections.ConfigDict:
     t.seed = 0
     t.verify_fraction = 0.0  # share of verification examples (the verifier's task)
     t.verify_weight = 1  # loss weight of a verification example's verdict token
+    t.verify_pairs = False  # verification rows as (as written, corrupted) pairs of one step
     t.optim = _optim(lr, warmup=min(20, steps // 5), total=steps)
     t.checkpoint = _checkpoint(every=max(1, steps // 4))
     return t
@@ -161,6 +162,7 @@ def _sapo(steps: int) -> ml_collections.ConfigDict:
     r.reward.w_length = 1.0  # w3
     r.reward.length_free = 80  # no length penalty up to this many tokens
     r.reward.length_max = 96  # penalty -1 from here
+    r.reward.draft_needs_answer = True  # R_draft = 0 without a final answer (ours; see rewards)
     r.verifier = _verifier()
     r.clip_eps = 0.2  # ε
     r.kl_beta = 0.04  # β

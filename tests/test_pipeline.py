@@ -266,7 +266,9 @@ def test_batched_path_is_the_reference_bit_for_bit(data, cfg, monkeypatch):
     batcher = pipeline.TokenizeBatch(cfg, tokenizer, IMAGE_CFG)
     lengths, verify_rows = set(), 0
     for start in range(0, 12, 4):
-        records = [(source[i], i % 3) for i in range(start, start + 4)]  # (record, epoch)
+        # (record, epoch), and (record, epoch, role) as verify_pairs makes them
+        records = [(source[i], i % 3) for i in range(start, start + 2)]
+        records += [(source[start], 1, "reference"), (source[start], 1, "corrupted")]
         want = pipeline.collate([batcher.example.map(r) for r in records], cfg.num_patches)
         with monkeypatch.context() as patch:
             patch.setattr(pipeline, "rope_index", _no_rope_index)

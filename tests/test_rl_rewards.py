@@ -47,6 +47,21 @@ def test_single_term_weights_isolate_each_term():
         np.testing.assert_allclose(np.asarray(total), np.asarray(terms[term]), err_msg=field)
 
 
+def test_draft_credit_can_require_a_final_answer():
+    correct, frac, lengths = jnp.asarray([0, 1, 0]), jnp.asarray([1.0, 0.5, 0.25]), jnp.ones(3)
+    answered = jnp.asarray([False, True, True])
+    off, _ = rewards(correct, frac, lengths, RewardConfig(), answered_b=answered)
+    np.testing.assert_allclose(np.asarray(off), [1.0, 1.5, 0.25])  # the paper's form
+    cfg = RewardConfig(draft_needs_answer=True)
+    total, terms = rewards(correct, frac, lengths, cfg, answered_b=answered)
+    np.testing.assert_allclose(np.asarray(terms["draft"]), [0.0, 0.5, 0.25])
+    np.testing.assert_allclose(np.asarray(total), [0.0, 1.5, 0.25])
+    with pytest.raises(ValueError, match="needs answered_b"):
+        rewards(correct, frac, lengths, cfg)
+    with pytest.raises(ValueError, match=r"\[b\] arrays of one shape"):
+        rewards(correct, frac, lengths, cfg, answered_b=jnp.ones(2, bool))
+
+
 def test_rewards_jit_with_static_config():
     cfg = RewardConfig(length_free=0, length_max=4)
     f = jax.jit(lambda c, a, n: rewards(c, a, n, cfg)[0])
@@ -76,6 +91,7 @@ def test_rewards_rejects_mismatched_shapes():
         ({"length_free": -1}, "length_free=-1 must be an integer"),
         ({"length_max": 10.5}, "length_max=10.5 must be an integer"),
         ({"length_free": 500, "length_max": 500}, "length_max=500 must be > length_free=500"),
+        ({"draft_needs_answer": 1}, "draft_needs_answer=1 must be True or False"),
     ],
 )
 def test_config_validation_errors(change, match):

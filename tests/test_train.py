@@ -242,6 +242,11 @@ def test_bad_config_is_refused(override, error, match):
         _cfg(override)
 
 
+def test_verification_pairs_need_an_even_batch():
+    with pytest.raises(config_lib.ConfigError, match="verify_pairs=True: needs an even batch"):
+        _cfg("sft_target.verify_pairs=True", "sft_target.batch_size=3")
+
+
 def test_bad_mesh_and_workdir_are_refused_before_compute(tmp_path):
     cfg = _cfg("target_mesh.data=16")
     train.run(_cfg("stages=('data',)"), tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -123,6 +124,45 @@ def test_each_epoch_draws_new_verification_examples(data):
     assert all(len(r) == 3 for r in rows.values())
     changed = sum(len(set(r)) > 1 for r in rows.values())
     assert changed >= len(rows) // 2  # most records judge another step or candidate
+
+
+def test_contrast_pairs_judge_one_step_as_written_and_corrupted(data):
+    source, tok = data
+    cfg = dataclasses.replace(CFG, verify_fraction=0.5, verify_weight=3, verify_pairs=True)
+    verdict = verdict_tokens(tok, VerifierConfig(question=CFG.verify_question))
+    yes, no = verdict.positive[0], verdict.negative[0]
+    batches = list(pipeline.make_dataset(source, cfg, tok, IMAGE_CFG))
+    again = list(pipeline.make_dataset(source, cfg, tok, IMAGE_CFG))
+    pairs = chains = 0
+    for batch, same in zip(batches, again, strict=True):
+        np.testing.assert_array_equal(batch["input_ids"], same["input_ids"])  # deterministic
+        for j in range(0, batch["input_ids"].shape[0], 2):
+            ids, mask = batch["input_ids"][j : j + 2], batch["loss_mask"][j : j + 2]
+            is_verdict = mask.max(1) == 3
+            assert is_verdict[0] == is_verdict[1], "a pair is two verdicts or two chains"
+            if not is_verdict[0]:
+                chains += 1
+                continue
+            pairs += 1
+            assert batch["id"][j] == batch["id"][j + 1]  # one record
+            ends = mask.argmax(1)  # each row's verdict position
+            assert {ids[0, ends[0]], ids[1, ends[1]]} == {yes, no}
+            # the same prompt, steps and question around one changed fact in one step
+            a, b = (tok.decode(ids[r, : ends[r]]) for r in (0, 1))
+            head = len(os.path.commonprefix([a, b]))
+            tail = len(os.path.commonprefix([a[head:][::-1], b[head:][::-1]]))
+            diff = (a[head : len(a) - tail], b[head : len(b) - tail])
+            assert all(d and "\n" not in d and len(d) <= 8 for d in diff), diff
+    assert pairs and chains
+
+
+def test_pairs_need_an_even_batch_and_no_skipping():
+    with pytest.raises(ValueError, match="even batch_size"):
+        dataclasses.replace(CFG, verify_pairs=True, batch_size=3).validate()
+    with pytest.raises(ValueError, match="skip_overlong=False"):
+        dataclasses.replace(CFG, verify_pairs=True, skip_overlong=True).validate()
+    with pytest.raises(ValueError, match="verify_pairs='yes'"):
+        dataclasses.replace(CFG, verify_pairs="yes").validate()
 
 
 def test_verdict_token_carries_the_verify_weight(data):

@@ -158,6 +158,7 @@ def sapo_section(steps: int, max_patches: int) -> ml_collections.ConfigDict:
     r.reward.w_length = 1.0  # w3
     r.reward.length_free = 2048  # no length penalty up to this many tokens (ours)
     r.reward.length_max = 7168  # penalty -1 at the completion cap
+    r.reward.draft_needs_answer = False  # True: R_draft = 0 without a final answer (ours)
     r.verifier = verifier()  # the frozen target's CPN verifier that defines R_draft
     r.clip_eps = 0.2  # ε (GRPO-standard)
     r.kl_beta = 0.04  # β (GRPO-standard)

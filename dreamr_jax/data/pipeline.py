@@ -60,6 +60,8 @@ from dreamr_jax.processing.image import ImageProcessorConfig, preprocess_batch, 
 from dreamr_jax.processing.prompt import DEFAULT_IMAGE_TOKEN, ImageChatTemplate, build_prompt
 from dreamr_jax.spec.verify import verification_suffix
 
+# A row's role when `PipelineConfig.verify_pairs` assigns it (else the row draws its own).
+ROLES = ("chain", "reference", "corrupted")
 _VISION_START = "<|vision_start|>"
 _END_OF_TURN = "<|im_end|>"
 
@@ -96,6 +98,14 @@ class PipelineConfig:
       verify_weight: loss weight of a verification example's one trained token (the
         ``loss_mask`` value there; chain tokens weigh 1). A chain trains tens of tokens, so
         at weight 1 the verifier's task is a sliver of the loss and stays unlearned.
+      verify_pairs: make verification examples in contrast pairs: rows ``2j`` and ``2j+1``
+        of a batch are, with probability ``verify_fraction``, one record's same step once as
+        written and once corrupted (in random order), else two chain rows. Two rows that
+        differ only in the candidate step make the verdict's gradient the difference the
+        verifier must see: on the demo target, 800 verification-only steps of pairs reached
+        74% verdict accuracy on held-out steps, independent rows 62%. The second record of a
+        verification pair is not read that epoch. Needs an even ``batch_size`` and
+        ``skip_overlong=False``.
       verify_question: the verifier's question (must match the engine's `VerifierConfig`).
       verify_words: the (positive, negative) verdict words; their first tokens are trained.
     """
@@ -114,6 +124,7 @@ class PipelineConfig:
     prefetch_batches: int = 8
     verify_fraction: float = 0.0
     verify_weight: int = 1
+    verify_pairs: bool = False
     verify_question: str = "Is the last step correct? Answer Yes or No."
     verify_words: tuple[str, str] = ("Yes", "No")
 
@@ -146,6 +157,16 @@ class PipelineConfig:
         w = self.verify_weight
         if not isinstance(w, int) or isinstance(w, bool) or w < 1:
             raise ValueError(f"verify_weight={w!r} must be an int >= 1.")
+        if not isinstance(self.verify_pairs, bool):
+            raise ValueError(f"verify_pairs={self.verify_pairs!r} must be True or False.")
+        if self.verify_pairs and self.batch_size % 2:
+            raise ValueError(
+                f"verify_pairs=True needs an even batch_size (rows pair up), not {self.batch_size}."
+            )
+        if self.verify_pairs and self.skip_overlong:
+            raise ValueError(
+                "verify_pairs=True needs skip_overlong=False: skipping rows would split pairs."
+            )
         if len(self.verify_words) != 2 or self.verify_words[0] == self.verify_words[1]:
             raise ValueError(f"verify_words={self.verify_words!r} must be two different words.")
         return self
@@ -192,9 +213,30 @@ class TokenizeExample(grain.transforms.Map):
             ),
         )
 
-    def _verification(self, rec: Mapping, prompt: list[int], rng) -> tuple[list[int], int, int]:
+    def plan(self, rec: Mapping, epoch: int, role: str | None) -> tuple[int, str, bool] | None:
+        """What ``rec``'s row judges: None for a chain row, else ``(k, candidate, correct)``.
+
+        ``role`` is None to draw it (a verification example with probability
+        ``verify_fraction``), or one of `ROLES`, set by `verify_pairs`' pairing.
+        """
+        rng = row_rng(self.cfg.seed, rec["id"], epoch)
+        if role is None:
+            if not (self.cfg.verify_fraction and rng.random() < self.cfg.verify_fraction):
+                return None
+            return verification.choose(rec["steps"], rng)
+        if role not in ROLES:
+            raise ValueError(f"role={role!r} must be None or one of {ROLES}.")
+        pair = None if role == "chain" else verification.choose_pair(rec["steps"], rng)
+        if pair is None:  # a chain row, or no step of this record can be corrupted
+            return None
+        k, wrong = pair
+        return (k, rec["steps"][k], True) if role == "reference" else (k, wrong, False)
+
+    def _verification(
+        self, rec: Mapping, prompt: list[int], choice: tuple[int, str, bool]
+    ) -> tuple[list[int], int, int]:
         """A verification example's ids and the span of its one trained token."""
-        k, candidate, correct = verification.choose(rec["steps"], rng)
+        k, candidate, correct = choice
         ids = verification.verification_ids(
             prompt,
             rec["steps"],
@@ -209,7 +251,7 @@ class TokenizeExample(grain.transforms.Map):
         return ids, len(ids) - 1, len(ids)
 
     def _tokenize(
-        self, rec: Mapping, epoch: int
+        self, rec: Mapping, epoch: int, role: str | None
     ) -> tuple[list[int], int, int, int, np.ndarray, np.ndarray]:
         """``(ids, first trained index, end of trained span, its weight, pixels, grid)``."""
         pixels, grid = preprocess_images(rec["image"], self.image_cfg)
@@ -219,9 +261,9 @@ class TokenizeExample(grain.transforms.Map):
         }
         merge = self.image_cfg.merge_size
         prompt, _ = build_prompt(self.tokenizer, [user], grid, merge_size=merge)
-        rng = row_rng(self.cfg.seed, rec["id"], epoch)
-        if self.cfg.verify_fraction and rng.random() < self.cfg.verify_fraction:
-            ids, start, stop = self._verification(rec, prompt, rng)
+        choice = self.plan(rec, epoch, role)
+        if choice is not None:
+            ids, start, stop = self._verification(rec, prompt, choice)
             return ids, start, stop, self.cfg.verify_weight, pixels, grid
         answer = join_steps(rec["steps"], StepConfig(delimiter=self.cfg.step_delimiter))
         full, _ = build_prompt(
@@ -241,11 +283,12 @@ class TokenizeExample(grain.transforms.Map):
             raise ValueError(f"example {rec['id']!r}: no {_END_OF_TURN} after the answer.")
         return full, len(prompt), ends[0] + 1, 1, pixels, grid
 
-    def map(self, element: Mapping | tuple[Mapping, int]) -> dict[str, Any] | None:
-        """The row of ``element``: a record, or ``(record, epoch)`` (a record alone is epoch 0)."""
-        record, epoch = _with_epoch(element)
+    def map(self, element) -> dict[str, Any] | None:
+        """The row of ``element``: a record, ``(record, epoch)`` or ``(record, epoch, role)``
+        (a record alone is epoch 0; no role means `plan` draws one)."""
+        record, epoch, role = _element(element)
         rec = as_record(record)
-        ids, start, stop, weight, pixels, grid = self._tokenize(rec, epoch)
+        ids, start, stop, weight, pixels, grid = self._tokenize(rec, epoch, role)
         t = self.cfg.seq_len
         problem = None
         if len(ids) > t:
@@ -321,36 +364,38 @@ class TokenizeBatch(grain.transforms.Map):
         self.example = TokenizeExample(cfg, tokenizer, image_cfg)
         self.chat = ImageChatTemplate(tokenizer, merge_size=image_cfg.merge_size)
 
-    def map(self, elements: Sequence[Mapping | tuple[Mapping, int]]) -> dict[str, Any]:
-        """The batch of ``elements``: records, or ``(record, epoch)`` pairs."""
-        records = [_with_epoch(e) for e in elements]
+    def map(self, elements: Sequence) -> dict[str, Any]:
+        """The batch of ``elements``, each as `TokenizeExample.map` takes it."""
         try:
-            batch = self.fast(records)
+            batch = self.fast(elements)
         except Exception:  # the reference path below raises the real error, or succeeds
             batch = None
         if batch is None:
-            return collate([self.example.map(r) for r in records], self.cfg.num_patches)
+            return collate([self.example.map(e) for e in elements], self.cfg.num_patches)
         return batch
 
-    def fast(self, records: Sequence[tuple[Mapping, int]]) -> dict[str, Any] | None:
+    def fast(self, elements: Sequence) -> dict[str, Any] | None:
         """The batch, or None where the reference path must make it (an overlong row)."""
-        recs = [as_record(r) for r, _ in records]
+        elements = [_element(e) for e in elements]
+        recs = [as_record(r) for r, *_ in elements]
         pixels, grid = preprocess_batch(
             [r["image"] for r in recs], self.image_cfg, pad_to=self.cfg.num_patches
         )
-        rows = self.token_rows(recs, [epoch for _, epoch in records], grid)
+        plans = [
+            self.example.plan(rec, e, role)
+            for rec, (_, e, role) in zip(recs, elements, strict=True)
+        ]
+        rows = self.token_rows(recs, plans, grid)
         if rows is None:
             return None
         return self.assemble(recs, rows, pixels, grid)
 
-    def token_rows(
-        self, recs: Sequence[Mapping], epochs: Sequence[int], grid: np.ndarray
-    ) -> list[tuple] | None:
+    def token_rows(self, recs: Sequence[Mapping], plans: Sequence, grid: np.ndarray) -> list | None:
         """Each row's ``(ids, first trained index, end of trained span, weight)``, as
-        `TokenizeExample._tokenize`; None if a row is too long (the reference raises)."""
+        `TokenizeExample._tokenize` for `TokenizeExample.plan`'s ``plans``; None if a row is
+        too long (the reference raises)."""
         cfg, grids = self.cfg, [g[None] for g in grid]
-        rngs = [row_rng(cfg.seed, r["id"], e) for r, e in zip(recs, epochs, strict=True)]
-        verify = [bool(cfg.verify_fraction) and g.random() < cfg.verify_fraction for g in rngs]
+        verify = [p is not None for p in plans]
         texts = [self.chat.render(r["question"], g) for r, g in zip(recs, grids, strict=True)]
         chains = [i for i, v in enumerate(verify) if not v]
         delimiter = StepConfig(delimiter=cfg.step_delimiter)
@@ -362,7 +407,7 @@ class TokenizeBatch(grain.transforms.Map):
         rows = []
         for i, (rec, prompt) in enumerate(zip(recs, ids[: len(recs)], strict=True)):
             if verify[i]:
-                rows.append((*self.example._verification(rec, prompt, rngs[i]), cfg.verify_weight))
+                rows.append((*self.example._verification(rec, prompt, plans[i]), cfg.verify_weight))
                 continue
             if full[i][: len(prompt)] != prompt:
                 return None
@@ -435,8 +480,31 @@ def _one_image_positions(input_ids, attention_mask, grid, rope_cfg) -> np.ndarra
     return np.where(columns < n, positions, 1).astype(np.int32)
 
 
-def _with_epoch(element) -> tuple[Mapping, int]:
-    return element if isinstance(element, tuple) else (element, 0)
+def _element(element) -> tuple[Mapping, int, str | None]:
+    """``(record, epoch, role)`` of a record, ``(record, epoch)`` or ``(record, epoch, role)``."""
+    if not isinstance(element, tuple):
+        return element, 0, None
+    return element if len(element) == 3 else (*element, None)
+
+
+class _PairUp(grain.transforms.Map):
+    """A batch's ``(index, epoch)`` items -> ``(index, epoch, role)``, rows in contrast
+    pairs (`PipelineConfig.verify_pairs`)."""
+
+    def __init__(self, seed: int, fraction: float):
+        self.seed, self.fraction = seed, fraction
+
+    def map(self, items: list) -> list:
+        out = []
+        for (a, epoch_a), (b, epoch_b) in zip(items[::2], items[1::2], strict=True):
+            rng = np.random.default_rng([self.seed, a, epoch_a, 1])
+            if rng.random() < self.fraction:
+                first = ("reference", "corrupted")[int(rng.integers(2))]
+                second = "corrupted" if first == "reference" else "reference"
+                out += [(a, epoch_a, first), (a, epoch_a, second)]
+            else:
+                out += [(a, epoch_a, "chain"), (b, epoch_b, "chain")]
+        return out
 
 
 class _Epoch(grain.transforms.MapWithIndex):
@@ -450,16 +518,16 @@ class _Epoch(grain.transforms.MapWithIndex):
 
 
 class _Read(grain.transforms.Map):
-    """An ``(index, epoch)`` pair (or a list of them) -> ``(record, epoch)`` (or a list)."""
+    """An ``(index, epoch[, role])`` item (or a list of them) -> the same with the record
+    in place of the index."""
 
     def __init__(self, source: Sequence):
         self.source = source
 
     def map(self, item):
         if isinstance(item, list):
-            return [(self.source[i], epoch) for i, epoch in item]
-        index, epoch = item
-        return self.source[index], epoch
+            return [self.map(i) for i in item]
+        return (self.source[item[0]], *item[1:])
 
 
 def _is_kept(example) -> bool:
@@ -524,6 +592,8 @@ def make_dataset(
         # take whole batches (mp_prefetch slices the dataset right before to_iter_dataset).
         # Records are batched first and tokenised a batch at a time (TokenizeBatch).
         ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder, batch_fn=list)
+        if cfg.verify_pairs:
+            ds = ds.map(_PairUp(cfg.seed, cfg.verify_fraction))
         ds = ds.map(_Read(source)).map(TokenizeBatch(cfg, tokenizer, image_cfg))
         it = ds.to_iter_dataset(read)
     if cfg.worker_count > 0:

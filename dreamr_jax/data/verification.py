@@ -45,6 +45,16 @@ def _swap(step: str, m: re.Match, group: int, words, rng: np.random.Generator) -
     return step[: m.start(group)] + _pick(others, rng) + step[m.end(group) :]
 
 
+def _facts(step: str) -> list:
+    """``(matches, edit)`` for each kind of fact ``step`` states (see `corrupt_step`)."""
+    return [
+        (list(_NUMBER.finditer(step)), lambda m, rng: _change_number(step, m, rng)),
+        (list(_OPTION.finditer(step)), lambda m, rng: _swap(step, m, 2, _LETTERS, rng)),
+        (list(_COLOR.finditer(step)), lambda m, rng: _swap(step, m, 1, _COLORS, rng)),
+        (list(_KIND.finditer(step)), lambda m, rng: _swap(step, m, 1, _KINDS, rng)),
+    ]
+
+
 def corrupt_step(step: str, rng: np.random.Generator) -> str | None:
     """A plausible but wrong version of ``step``, or None when nothing can be changed.
 
@@ -53,17 +63,11 @@ def corrupt_step(step: str, rng: np.random.Generator) -> str | None:
     kind (rather than always preferring numbers) teaches the verifier to check what a step
     says it read, not only its arithmetic.
     """
-    kinds = [
-        (list(_NUMBER.finditer(step)), lambda m: _change_number(step, m, rng)),
-        (list(_OPTION.finditer(step)), lambda m: _swap(step, m, 2, _LETTERS, rng)),
-        (list(_COLOR.finditer(step)), lambda m: _swap(step, m, 1, _COLORS, rng)),
-        (list(_KIND.finditer(step)), lambda m: _swap(step, m, 1, _KINDS, rng)),
-    ]
-    kinds = [(found, edit) for found, edit in kinds if found]
+    kinds = [(found, edit) for found, edit in _facts(step) if found]
     if not kinds:
         return None
     found, edit = _pick(kinds, rng)
-    return edit(_pick(found, rng))
+    return edit(_pick(found, rng), rng)
 
 
 def verification_ids(
@@ -97,3 +101,13 @@ def choose(steps: Sequence[str], rng: np.random.Generator) -> tuple[int, str, bo
         if wrong is not None and wrong != steps[k]:
             return k, wrong, False
     return k, steps[k], True
+
+
+def choose_pair(steps: Sequence[str], rng: np.random.Generator) -> tuple[int, str] | None:
+    """A contrast pair's step ``k`` (drawn among the steps that state a fact) and its
+    corrupted copy: ``(k, wrong)``; None when no step can be corrupted."""
+    ks = [k for k, step in enumerate(steps) if any(found for found, _ in _facts(step))]
+    if not ks:
+        return None
+    k = ks[int(rng.integers(len(ks)))]
+    return k, corrupt_step(steps[k], rng)

@@ -8,6 +8,11 @@ paper's ``w1:w2:w3 = 1:1:1`` says:
   the CPN verifier (p > α); see `accepted_fraction`.
 * ``R_length`` in [-1, 0]: a length penalty. The paper does not publish its form; ours is
   described in `length_penalty`.
+
+``draft_needs_answer`` (ours, off by default) gives ``R_draft = 0`` to a rollout with no
+final answer: the fraction form otherwise pays a draft for writing one step the target
+trusts and stopping (measured on the demo: 100 SAPO steps took held-out acceptance from 20%
+to 92% and accuracy from 42% to 0% that way).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class RewardConfig:
       length_max: ``L_max``, the penalty falls linearly from 0 at ``L_free`` to -1 here and
         stays at -1 beyond. Our choice: the paper's maximum length, 8192, so a rollout cut
         off at the cap gets the full penalty.
+      draft_needs_answer: ``R_draft = 0`` for a rollout whose final answer cannot be
+        extracted (a guard of ours against short unanswered rollouts; see the module doc).
     """
 
     w_outcome: float = 1.0
@@ -43,6 +50,7 @@ class RewardConfig:
     w_length: float = 1.0
     length_free: int = 2048
     length_max: int = 8192
+    draft_needs_answer: bool = False
 
     def validate(self) -> RewardConfig:
         """Checks the fields; returns ``self`` so calls chain.
@@ -71,6 +79,10 @@ class RewardConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{name}={v!r} must be an integer number of tokens >= 0.")
+        if not isinstance(self.draft_needs_answer, bool):
+            raise ValueError(
+                f"draft_needs_answer={self.draft_needs_answer!r} must be True or False."
+            )
         if self.length_max <= self.length_free:
             raise ValueError(
                 f"length_max={self.length_max} must be > length_free={self.length_free}: the "
@@ -126,6 +138,7 @@ def rewards(
     accepted_frac_b: jax.Array,
     lengths_b: jax.Array,
     cfg: RewardConfig,
+    answered_b: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """SAPO's reward ``R = w1 * R_outcome + w2 * R_draft + w3 * R_length`` per rollout.
 
@@ -135,6 +148,8 @@ def rewards(
         (`accepted_fraction`).
       lengths_b: ``[b]`` generated tokens per rollout.
       cfg: the reward config (validated here).
+      answered_b: ``[b]`` bool: the rollout has a final answer; needed (only) when
+        ``cfg.draft_needs_answer``.
 
     Returns:
       ``(total_b, terms)``: ``[b]`` float32 rewards ``R`` and the unweighted ``[b]`` terms
@@ -150,8 +165,14 @@ def rewards(
         "accepted_frac_b": jnp.shape(accepted_frac_b),
         "lengths_b": jnp.shape(lengths_b),
     }
+    if cfg.draft_needs_answer:
+        if answered_b is None:
+            raise ValueError("draft_needs_answer=True needs answered_b (has a final answer).")
+        shapes["answered_b"] = jnp.shape(answered_b)
     if any(len(s) != 1 for s in shapes.values()) or len(set(shapes.values())) != 1:
         raise ValueError(f"rewards needs [b] arrays of one shape, got shapes {shapes}.")
+    if cfg.draft_needs_answer:
+        accepted_frac_b = jnp.where(jnp.asarray(answered_b, bool), accepted_frac_b, 0.0)
     terms = {
         "outcome": jnp.asarray(correct_b).astype(jnp.float32),
         "draft": jnp.asarray(accepted_frac_b).astype(jnp.float32),

@@ -30,7 +30,7 @@ from flax import nnx
 
 from dreamr_jax.config import require
 from dreamr_jax.data import questions
-from dreamr_jax.data.grading import grade
+from dreamr_jax.data.grading import extract_answer, grade
 from dreamr_jax.data.questions import Question
 from dreamr_jax.processing.image import ImageProcessorConfig, preprocess_images
 from dreamr_jax.processing.prompt import build_prompt
@@ -195,22 +195,29 @@ class Scorer:
         )
         p, ok = self.score(out)
         g = rollout.group_size
+        texts = [
+            self.tokenizer.decode(out.tokens[r, : out.lengths[r]], skip_special_tokens=True)
+            for r in range(out.tokens.shape[0])
+        ]
         correct = np.array(
             [
                 grade(
-                    self.tokenizer.decode(
-                        out.tokens[r, : out.lengths[r]], skip_special_tokens=True
-                    ),
+                    text,
                     qs[r // g].gold,
                     answer_type=qs[r // g].answer_type,
                     choices=qs[r // g].choices or None,
                 )
-                for r in range(out.tokens.shape[0])
+                for r, text in enumerate(texts)
             ]
         )
+        answered = np.array([extract_answer(text) is not None for text in texts])
         frac = accepted_fraction(jnp.asarray(ok.sum(1)), jnp.asarray(out.num_steps))
         total, terms = rewards(
-            jnp.asarray(correct, jnp.float32), frac, jnp.asarray(out.lengths), self.cfg.reward
+            jnp.asarray(correct, jnp.float32),
+            frac,
+            jnp.asarray(out.lengths),
+            self.cfg.reward,
+            answered_b=jnp.asarray(answered),
         )
         terms = {k: np.asarray(v) for k, v in terms.items()}
         return Scored(out, p, ok, correct, np.asarray(total), terms)

@@ -38,6 +38,8 @@ class SFTConfig:
         instruction tuning taught it to answer the verifier's question.
       verify_weight: loss weight of a verification example's verdict token, against 1 per
         chain token (`PipelineConfig.verify_weight`).
+      verify_pairs: verification examples come in contrast pairs, one step as written and
+        corrupted in adjacent rows (`PipelineConfig.verify_pairs`; needs an even batch).
       optim: AdamW + warmup/cosine settings.
       checkpoint: save period and retention.
     """
@@ -50,6 +52,7 @@ class SFTConfig:
     seed: int = 0
     verify_fraction: float = 0.0
     verify_weight: int = 1
+    verify_pairs: bool = False
     optim: OptimConfig = OptimConfig(learning_rate=1e-3, warmup_steps=20, total_steps=200)
     checkpoint: CheckpointConfig = CheckpointConfig(every_steps=50, keep=2)
 
@@ -71,6 +74,15 @@ class SFTConfig:
             "must be in [0, 1]",
         )
         require(self.verify_weight >= 1, "verify_weight", self.verify_weight, "must be >= 1")
+        require(
+            isinstance(self.verify_pairs, bool), "verify_pairs", self.verify_pairs, "must be a bool"
+        )
+        require(
+            not self.verify_pairs or self.batch_size % 2 == 0,
+            "verify_pairs",
+            self.verify_pairs,
+            f"needs an even batch_size, not {self.batch_size}",
+        )
         self.optim.validate()
         self.checkpoint.validate()
         return self
@@ -90,6 +102,7 @@ def pipeline_config(
         num_epochs=None,
         verify_fraction=cfg.verify_fraction,
         verify_weight=cfg.verify_weight,
+        verify_pairs=cfg.verify_pairs,
         verify_question=verifier.question,
         verify_words=(verifier.positive_words[0], verifier.negative_words[0]),
     )
