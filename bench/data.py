@@ -200,7 +200,9 @@ def profile_stages(stage: Stage, source, tokenizer, n: int) -> dict:
         pixels, grid = timed(
             "image", preprocess_batch, images, stage.image_cfg, pad_to=pipe.num_patches
         )
-        rows = timed("tokenize", tok.token_rows, recs, grid)
+        # (each row draws its own role here; verify_pairs' pairing costs the same)
+        plans = timed("tokenize", lambda rs: [tok.example.plan(r, 0, None) for r in rs], recs)
+        rows = timed("tokenize", tok.token_rows, recs, plans, grid)
         if rows is None:
             raise RuntimeError(f"records {start}..{start + b - 1}: too long for TokenizeBatch.")
         batch = timed("assemble", tok.assemble, recs, rows, pixels, grid)

@@ -146,12 +146,9 @@ class Sapo:
     def one_step(self, i: int) -> dict:
         """One SAPO update as `run_sapo` runs it, each part timed; returns seconds, counts."""
         import jax
-        import jax.numpy as jnp
         import numpy as np
         from flax import nnx
 
-        from dreamr_jax.data.grading import grade
-        from dreamr_jax.rl.rewards import accepted_fraction, rewards
         from dreamr_jax.rl.rollout import sample_rollouts
         from dreamr_jax.rl.scoring import score_rollouts
         from dreamr_jax.training.sapo import Scored, make_prompts, sapo_batch
@@ -184,29 +181,8 @@ class Sapo:
             dtype=sc.target_dtype,
         )
         t0 = time.perf_counter()
-        g = cfg.rollout.group_size
-        text = [
-            self.tokenizer.decode(out.tokens[r, : out.lengths[r]], skip_special_tokens=True)
-            for r in range(out.tokens.shape[0])
-        ]
-        correct = np.array(
-            [
-                grade(
-                    text[r],
-                    qs[r // g].gold,
-                    answer_type=qs[r // g].answer_type,
-                    choices=qs[r // g].choices or None,
-                )
-                for r in range(len(text))
-            ]
-        )
-        frac = accepted_fraction(jnp.asarray(ok.sum(1)), jnp.asarray(out.num_steps))
-        total, terms = rewards(
-            jnp.asarray(correct, jnp.float32), frac, jnp.asarray(out.lengths), cfg.reward
-        )
-        scored = Scored(
-            out, p, ok, correct, np.asarray(total), {k: np.asarray(v) for k, v in terms.items()}
-        )
+        correct, total, terms = sc.reward(out, qs, ok, cfg.rollout.group_size)
+        scored = Scored(out, p, ok, correct, total, terms)
         t["grade_rewards"] = time.perf_counter() - t0
         batch, t["batch_logprobs"] = clock(
             sapo_batch,

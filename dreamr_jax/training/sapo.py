@@ -194,23 +194,24 @@ class Scorer:
             policy, prompts, rollout, self.tokenizer, rng, eos_ids=self.eos_ids, pad_id=self.pad_id
         )
         p, ok = self.score(out)
-        g = rollout.group_size
+        correct, total, terms = self.reward(out, qs, ok, rollout.group_size)
+        return Scored(out, p, ok, correct, total, terms)
+
+    def reward(self, out, qs, ok, group_size: int):
+        """Grades ``out``'s rollouts (``group_size`` per question of ``qs``) and computes
+        SAPO's reward from the verdicts ``ok``: ``(correct, total, terms)`` as NumPy."""
         texts = [
             self.tokenizer.decode(out.tokens[r, : out.lengths[r]], skip_special_tokens=True)
             for r in range(out.tokens.shape[0])
         ]
+        q = [qs[r // group_size] for r in range(len(texts))]
         correct = np.array(
             [
-                grade(
-                    text,
-                    qs[r // g].gold,
-                    answer_type=qs[r // g].answer_type,
-                    choices=qs[r // g].choices or None,
-                )
-                for r, text in enumerate(texts)
+                grade(t, x.gold, answer_type=x.answer_type, choices=x.choices or None)
+                for t, x in zip(texts, q, strict=True)
             ]
         )
-        answered = np.array([extract_answer(text) is not None for text in texts])
+        answered = np.array([extract_answer(t) is not None for t in texts])
         frac = accepted_fraction(jnp.asarray(ok.sum(1)), jnp.asarray(out.num_steps))
         total, terms = rewards(
             jnp.asarray(correct, jnp.float32),
@@ -219,8 +220,7 @@ class Scorer:
             self.cfg.reward,
             answered_b=jnp.asarray(answered),
         )
-        terms = {k: np.asarray(v) for k, v in terms.items()}
-        return Scored(out, p, ok, correct, np.asarray(total), terms)
+        return correct, np.asarray(total), {k: np.asarray(v) for k, v in terms.items()}
 
 
 def sapo_batch(scored: Scored, policy_graphdef, params, ref_params, cfg: SAPOConfig, model_cfg):
