@@ -525,8 +525,9 @@ class _Read(grain.transforms.Map):
         self.source = source
 
     def map(self, item):
-        if isinstance(item, list):
-            return [self.map(i) for i in item]
+        if isinstance(item, list):  # a verification pair names its record twice: read once
+            records = {i[0]: self.source[i[0]] for i in item}
+            return [(records[i[0]], *i[1:]) for i in item]
         return (self.source[item[0]], *item[1:])
 
 

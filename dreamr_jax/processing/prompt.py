@@ -76,6 +76,12 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
     return tokenizer
 
 
+def _refuse_video(tokenizer: Any, text: str) -> None:
+    video_token = getattr(tokenizer, "video_token", None) or DEFAULT_VIDEO_TOKEN
+    if video_token in text:
+        raise ValueError(f"the prompt contains a video ({video_token}); videos are not supported")
+
+
 def _check_messages(messages: Any):
     if not isinstance(messages, Sequence) or isinstance(messages, str) or not messages:
         raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
@@ -146,9 +152,7 @@ def build_prompt(
     text = tokenizer.apply_chat_template(
         list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
     )
-    video_token = getattr(tokenizer, "video_token", None) or DEFAULT_VIDEO_TOKEN
-    if video_token in text:
-        raise ValueError(f"the prompt contains a video ({video_token}); videos are not supported")
+    _refuse_video(tokenizer, text)
     image_token = getattr(tokenizer, "image_token", None) or DEFAULT_IMAGE_TOKEN
     counts = [] if image_grid_thw is None else num_image_tokens(image_grid_thw, merge_size)
     text = expand_image_tokens(text, counts, image_token)
@@ -278,11 +282,7 @@ class ImageChatTemplate:
         """
         spliced = self._pieces is not None and "<" not in question + (answer or "")
         text = self._splice(question, answer) if spliced else self._jinja(question, answer)
-        video_token = getattr(self.tokenizer, "video_token", None) or DEFAULT_VIDEO_TOKEN
-        if video_token in text:
-            raise ValueError(
-                f"the prompt contains a video ({video_token}); videos are not supported"
-            )
+        _refuse_video(self.tokenizer, text)
         return expand_image_tokens(text, self.image_tokens(image_grid_thw), self.image_token)
 
     def image_tokens(self, image_grid_thw: Any) -> list[int]:
