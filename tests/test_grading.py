@@ -1,11 +1,15 @@
 """Answer extraction and grading on awkward real-world answer formats."""
 
+import random
+
 import pytest
 
 from dreamr_jax.data.grading import (
     ANSWER_TYPES,
     extract_answer,
+    final_answer,
     grade,
+    match_answer,
     match_choice,
     match_number,
     normalize_text,
@@ -50,6 +54,33 @@ def test_extract_answer(text, expected):
 )
 def test_extract_answer_none(text):
     assert extract_answer(text) is None
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Step 1: 3 + 4 = 7.\n\nAnswer: 7", "7"),  # a cue: extract_answer's answer
+        ("  12 ", "12"),  # no cue, short: the bare text is the answer
+        ("B", "B"),
+        ("x" * 64, "x" * 64),  # the longest bare answer
+        ("x" * 65, None),  # a longer text without a cue states no answer
+        ("Step 1: the bars read 3 and 4.\n\nStep 2: so the total is 7 in all.", None),
+        ("   ", None),
+        ("", None),
+    ],
+)
+def test_final_answer(text, expected):
+    assert final_answer(text) == expected
+    # grade judges exactly that answer: correct iff the answer matches
+    gold = "7" if expected is None else expected.strip()
+    want = expected is not None and match_answer(expected, gold, answer_type="text")
+    assert grade(text, gold, answer_type="text") == want
+
+
+def test_match_answer_none_and_unknown_type():
+    assert not match_answer(None, "7", answer_type="number")
+    with pytest.raises(ValueError, match="unknown answer_type"):
+        match_answer("7", "7", answer_type="integer")
 
 
 @pytest.mark.parametrize(
@@ -123,6 +154,9 @@ def test_normalize_text(raw, expected):
         ("AB \\approx 3.2", 3.2),
         ("approximately 3.14", 3.14),
         ("12.", 12.0),
+        ("- 5", -5.0),
+        ("-\f5", -5.0),  # any whitespace after the sign (a sampled rollout wrote this)
+        ("+\t5", 5.0),
     ],
 )
 def test_parse_number(raw, expected):
@@ -155,6 +189,22 @@ def test_parse_number(raw, expected):
 )
 def test_parse_number_rejects(raw):
     assert parse_number(raw) is None
+
+
+def test_grade_never_raises_on_model_output():
+    """SAPO grades sampled rollouts: whatever the text, grading answers True or False."""
+    pieces = [*"0123456789+-.,/ eE%$()[]{}\\^_*=:xXabcAB", "\t", "\n", "\f", "\v", "\r"]
+    pieces += ["\u2028", "\u2212", "\xa0", "\x85", "\u3000", "\x1c", "\\boxed{", "\\frac"]
+    pieces += ["Answer: ", "answer is ", "\\sqrt", "\\text{", "cm", "\u00b0", "1e999", "nan"]
+    rng = random.Random(0)
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 16)))
+        for answer_type, gold, choices in [
+            ("number", "5", None),
+            ("choice", "B", ["red", "blue", "green"]),
+            ("text", "red", None),
+        ]:
+            assert grade(text, gold, answer_type=answer_type, choices=choices) in (True, False)
 
 
 @pytest.mark.parametrize(

@@ -211,7 +211,7 @@ def _parse_scaled(s: str) -> tuple[float, bool] | None:
     rest = match["rest"].strip()
     if rest and not _UNIT_RE.fullmatch(rest):
         return None
-    value = float(match["num"].replace(" ", ""))
+    value = float(re.sub(r"\s+", "", match["num"]))  # "- 5", "-\f5": any whitespace
     if match["den"] is not None:
         den = float(match["den"])
         if den == 0:
@@ -374,13 +374,41 @@ def match_choice(pred: str, gold_letter: str, choices: Sequence[str] | None = No
 # --- grading -----------------------------------------------------------------------------
 
 
+def final_answer(pred_text: str) -> str | None:
+    """The answer `grade` judges: `extract_answer(pred_text)`, else the whole text when it
+    is a bare answer of at most 64 characters, else None (the chain states no answer)."""
+    answer = extract_answer(pred_text)
+    if answer is None:
+        answer = pred_text.strip()
+        if not answer or len(answer) > _SHORT_ANSWER_CHARS:
+            return None
+    return answer
+
+
+def match_answer(
+    answer: str | None, gold: str, *, answer_type: str, choices: Sequence[str] | None = None
+) -> bool:
+    """Whether a `final_answer` matches `gold` (None, no answer, never does); the rules
+    and arguments are `grade`'s."""
+    if answer_type not in ANSWER_TYPES:
+        raise ValueError(f"unknown answer_type {answer_type!r}; expected one of {ANSWER_TYPES}")
+    if answer is None:
+        return False
+    if answer_type == "number":
+        return match_number(answer, gold)
+    if answer_type == "choice":
+        return match_choice(answer, gold, choices)
+    return normalize_text(answer) == normalize_text(gold)
+
+
 def grade(
     pred_text: str, gold: str, *, answer_type: str, choices: Sequence[str] | None = None
 ) -> bool:
     r"""Whether a reasoning chain's final answer matches `gold`.
 
-    The answer is `extract_answer(pred_text)`; a chain with no answer cue is graded
-    whole if it is at most 64 characters (a bare "12" or "B"), else it is wrong.
+    The answer is `final_answer(pred_text)`: `extract_answer(pred_text)`, or for a chain
+    with no answer cue the whole text if it is at most 64 characters (a bare "12" or "B");
+    with neither it is wrong.
 
     Args:
       pred_text: the model's output, a whole chain or a bare answer.
@@ -398,15 +426,4 @@ def grade(
         >>> grade("so the answer is \\boxed{C}", "B", answer_type="choice")
         False
     """
-    if answer_type not in ANSWER_TYPES:
-        raise ValueError(f"unknown answer_type {answer_type!r}; expected one of {ANSWER_TYPES}")
-    answer = extract_answer(pred_text)
-    if answer is None:
-        answer = pred_text.strip()
-        if not answer or len(answer) > _SHORT_ANSWER_CHARS:
-            return False
-    if answer_type == "number":
-        return match_number(answer, gold)
-    if answer_type == "choice":
-        return match_choice(answer, gold, choices)
-    return normalize_text(answer) == normalize_text(gold)
+    return match_answer(final_answer(pred_text), gold, answer_type=answer_type, choices=choices)

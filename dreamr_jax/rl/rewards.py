@@ -41,8 +41,9 @@ class RewardConfig:
       length_max: ``L_max``, the penalty falls linearly from 0 at ``L_free`` to -1 here and
         stays at -1 beyond. Our choice: the paper's maximum length, 8192, so a rollout cut
         off at the cap gets the full penalty.
-      draft_needs_answer: ``R_draft = 0`` for a rollout whose final answer cannot be
-        extracted (a guard of ours against short unanswered rollouts; see the module doc).
+      draft_needs_answer: ``R_draft = 0`` for a rollout with no final answer (none that
+        `grading.final_answer`, the answer `grade` judges, finds; a guard of ours against
+        short unanswered rollouts; see the module doc).
     """
 
     w_outcome: float = 1.0
@@ -148,7 +149,8 @@ def rewards(
         (`accepted_fraction`).
       lengths_b: ``[b]`` generated tokens per rollout.
       cfg: the reward config (validated here).
-      answered_b: ``[b]`` bool: the rollout has a final answer; needed (only) when
+      answered_b: ``[b]`` bool: the rollout has a final answer (`grading.final_answer`
+        is not None); needed (only) when
         ``cfg.draft_needs_answer``.
 
     Returns:

@@ -30,7 +30,7 @@ from flax import nnx
 
 from dreamr_jax.config import require
 from dreamr_jax.data import questions
-from dreamr_jax.data.grading import extract_answer, grade
+from dreamr_jax.data.grading import final_answer, match_answer
 from dreamr_jax.data.questions import Question
 from dreamr_jax.processing.image import ImageProcessorConfig, preprocess_images
 from dreamr_jax.processing.prompt import build_prompt
@@ -205,13 +205,14 @@ class Scorer:
             for r in range(out.tokens.shape[0])
         ]
         q = [qs[r // group_size] for r in range(len(texts))]
+        answers = [final_answer(t) for t in texts]  # what `grade` judges; None: no answer
         correct = np.array(
             [
-                grade(t, x.gold, answer_type=x.answer_type, choices=x.choices or None)
-                for t, x in zip(texts, q, strict=True)
+                match_answer(a, x.gold, answer_type=x.answer_type, choices=x.choices or None)
+                for a, x in zip(answers, q, strict=True)
             ]
         )
-        answered = np.array([extract_answer(t) is not None for t in texts])
+        answered = np.array([a is not None for a in answers])
         frac = accepted_fraction(jnp.asarray(ok.sum(1)), jnp.asarray(out.num_steps))
         total, terms = rewards(
             jnp.asarray(correct, jnp.float32),
