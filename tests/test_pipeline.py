@@ -313,6 +313,25 @@ def test_bad_record_gives_the_reference_error(data):
         _batches((records, data[1]), dataclasses.replace(CFG, shuffle=False))
 
 
+def test_batched_path_failure_on_good_input_is_logged_and_the_batch_still_made(data, monkeypatch):
+    source, tokenizer = data
+    batcher = pipeline.TokenizeBatch(CFG, tokenizer, IMAGE_CFG)
+    records = [(source[i], 0) for i in range(4)]
+    want = batcher.map(records)
+    assert not batcher.reported  # good input: the batched path made it
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(pipeline, "_one_image_positions", broken)
+    warnings = []
+    monkeypatch.setattr(pipeline.logging, "warning", lambda *a: warnings.append(a[0] % a[1:]))
+    for _ in range(2):
+        _assert_identical(want, batcher.map(records))
+    assert batcher.reported
+    assert len(warnings) == 1 and "RuntimeError: simulated bug" in warnings[0]
+
+
 def _rope_rows(rng, b: int, t: int, start_id: int, image_id: int):
     """Right-padded rows ``text <vision_start> image-tokens text`` with random grids."""
     ids, grids = np.zeros((b, t), np.int32), []

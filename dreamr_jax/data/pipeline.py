@@ -354,25 +354,38 @@ class TokenizeBatch(grain.transforms.Map):
     The per-row work is done for the whole batch at once: one `preprocess_batch` call for
     the images (written straight into the padded ``pixel_values``), the chat template
     rendered once (`ImageChatTemplate`), one tokenizer call for every text, and the M-RoPE
-    ids of one-image rows as array operations (`_one_image_positions`). Whenever any of it
-    fails, or an example is too long, the batch is made with `TokenizeExample` instead, so
-    every error is the reference's, with its message.
+    ids of one-image rows as array operations (`_one_image_positions`). A batch this path
+    leaves (an overlong row, a prompt the template tokenises differently inside the chat)
+    or fails on (bad input) is made by `TokenizeExample`, so every error is the
+    reference's, with its message; a failure on a batch the reference makes is a bug of this
+    path and is logged (once per instance) with its exception.
     """
 
     def __init__(self, cfg: PipelineConfig, tokenizer, image_cfg: ImageProcessorConfig):
         self.cfg, self.image_cfg = cfg, image_cfg
         self.example = TokenizeExample(cfg, tokenizer, image_cfg)
         self.chat = ImageChatTemplate(tokenizer, merge_size=image_cfg.merge_size)
+        self.reported = False  # a fast-path failure on good input was logged
 
     def map(self, elements: Sequence) -> dict[str, Any]:
         """The batch of ``elements``, each as `TokenizeExample.map` takes it."""
         try:
-            batch = self.fast(elements)
-        except Exception:  # the reference path below raises the real error, or succeeds
-            batch = None
-        if batch is None:
-            return collate([self.example.map(e) for e in elements], self.cfg.num_patches)
-        return batch
+            batch, failure = self.fast(elements), None
+        except Exception as e:  # bad input: the reference below raises the real error
+            batch, failure = None, e
+        if batch is not None:
+            return batch
+        rows = [self.example.map(e) for e in elements]
+        if failure is not None and not self.reported:
+            self.reported = True
+            logging.warning(
+                "TokenizeBatch: the batched path failed on a batch the per-example path "
+                "makes (%s: %s); such batches are made per example, correct but slower. "
+                "This is a bug: please report it.",
+                type(failure).__name__,
+                failure,
+            )
+        return collate(rows, self.cfg.num_patches)
 
     def fast(self, elements: Sequence) -> dict[str, Any] | None:
         """The batch, or None where the reference path must make it (an overlong row)."""
@@ -409,9 +422,10 @@ class TokenizeBatch(grain.transforms.Map):
             if verify[i]:
                 rows.append((*self.example._verification(rec, prompt, plans[i]), cfg.verify_weight))
                 continue
-            if full[i][: len(prompt)] != prompt:
+            answer = full[i][len(prompt) :]
+            if full[i][: len(prompt)] != prompt or self.example.end_id not in answer:
                 return None
-            stop = full[i].index(self.example.end_id, len(prompt)) + 1  # ValueError: none
+            stop = full[i].index(self.example.end_id, len(prompt)) + 1
             rows.append((full[i], len(prompt), stop, 1))
         # (preprocess_batch already refused more patches than num_patches)
         return None if max(len(r[0]) for r in rows) > cfg.seq_len else rows
