@@ -41,6 +41,11 @@ _VARIANT_CHANGES = {
         "sft_draft.batch_size": 4,
         "sft_draft.optim.total_steps": 2,
         "sft_draft.optim.warmup_steps": 1,
+        "refine_target.records": 4,
+        "refine_target.sft.steps": 2,
+        "refine_target.sft.batch_size": 4,
+        "refine_target.sft.optim.total_steps": 2,
+        "refine_target.sft.optim.warmup_steps": 1,
         "sapo.steps": 2,
         "sapo.prompts_per_step": 2,
         "sapo.rollout.group_size": 2,
@@ -174,6 +179,21 @@ def _sapo(steps: int) -> ml_collections.ConfigDict:
     return r
 
 
+def _refine(steps: int) -> ml_collections.ConfigDict:
+    r = ml_collections.ConfigDict()
+    r.records = 800  # training records the SFT draft writes steps for
+    r.temperature = 1.0  # the draft samples its steps (its own mistakes, as SAPO sees them)
+    r.min_step = 1  # the draft writes steps 2.. after the reference steps before them
+    r.seed = 0
+    # Rows: contrast pairs (reference step, the draft's wrong step) and chains, half each.
+    r.sft = _sft(steps=steps, lr=1e-3, batch=16)
+    r.sft.verify_fraction = 0.5
+    r.sft.verify_pairs = True
+    r.sft.verify_weight = 16
+    r.sft.seq_len = 144
+    return r
+
+
 def _verifier() -> ml_collections.ConfigDict:
     v = ml_collections.ConfigDict()
     v.alpha = 0.7  # α: accept a draft step iff p(yes) / (p(yes) + p(no)) > α
@@ -232,7 +252,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.eval.plots = True  # write the PNG plots
 
     # python -m dreamr_jax.train: the stages, the data and the two models trained from scratch.
-    cfg.stages = ("data", "sft_target", "sft_draft", "sapo", "export", "eval")
+    cfg.stages = ("data", "sft_target", "sft_draft", "refine_target", "sapo", "export", "eval")
     cfg.data = ml_collections.ConfigDict()
     cfg.data.synthetic = _synthetic()
     cfg.data.train_size = 12000
@@ -251,6 +271,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.sft_target.verify_weight = 16  # a verdict weighs about a third of a whole chain
     cfg.sft_target.seq_len = 144  # verification rows hold the whole chain plus the question
     cfg.sft_draft = _sft(steps=300, lr=3e-3, batch=16)
+    # The target's verdicts, fine-tuned on the SFT draft's own wrong steps (see
+    # dreamr_jax.training.refine: its SFT verdicts passed 10% of the draft's right steps).
+    cfg.refine_target = _refine(steps=400)
     cfg.sapo = _sapo(steps=20)
 
     if not arg:

@@ -60,12 +60,13 @@ from dreamr_jax.spec.roles import (
 )
 from dreamr_jax.training import demo_report
 from dreamr_jax.training.checkpoint import check_workdir
+from dreamr_jax.training.refine import run_refine
 from dreamr_jax.training.sapo import Scorer, policy_stats, run_sapo
 from dreamr_jax.training.sft import run_sft
 from dreamr_jax.training.train_config import SECTIONS, TrainConfig
 
 # Exported directory -> the model it holds.
-EXPORTS = {"target": "target_sft", "draft_sft": "draft_sft", "draft_sapo": "draft_sapo"}
+EXPORTS = {"target": "target", "draft_sft": "draft_sft", "draft_sapo": "draft_sapo"}
 
 # The importer split each of the run's splits reads (imported training sets).
 IMPORTED_SPLITS = {"train": "train", "validation": "val", "test": "test"}
@@ -164,18 +165,27 @@ class Run:
         return model, mesh
 
     def _as_is(self, role: str) -> bool:
-        """Whether the role's SFT model is its checkpoint, unchanged: it has one, and its
-        SFT stage is neither listed nor finished in this workdir."""
+        """Whether the role's final model is its checkpoint, unchanged: its SFT model is the
+        checkpoint and (target) no ``refine_target`` stage changes it."""
+        return self._sft_is_checkpoint(role) and not (role == "target" and self.refines())
+
+    def _sft_is_checkpoint(self, role: str) -> bool:
+        """Whether the role's SFT model is its checkpoint: it has one, and its SFT stage is
+        neither listed nor finished in this workdir."""
         spec = self.cfg.target_model if role == "target" else self.cfg.draft_model
         stage = f"sft_{role}"
         return bool(spec.checkpoint) and stage not in self.cfg.stages and not self.finished(stage)
+
+    def refines(self) -> bool:
+        """Whether this run's target is the ``refine_target`` stage's (listed or done)."""
+        return "refine_target" in self.cfg.stages or self.finished("refine_target")
 
     def export_dir(self, name: str) -> Path:
         """Where exported model ``name`` (of `EXPORTS`) is: a checkpoint used unchanged is
         not copied, it is its own export."""
         model_name = EXPORTS[name]
         if model_name != "draft_sapo":
-            role = "target" if model_name == "target_sft" else "draft"
+            role = "draft" if model_name == "draft_sft" else "target"
             if self._as_is(role):
                 spec = self.cfg.target_model if role == "target" else self.cfg.draft_model
                 return Path(spec.checkpoint)
@@ -217,8 +227,9 @@ class Run:
 
     def finished(self, stage: str) -> bool:
         """Whether ``stage`` completed in this workdir (its outputs are all there)."""
-        if stage in ("sft_target", "sft_draft", "sapo"):
-            steps = getattr(self.cfg, stage).steps
+        if stage in ("sft_target", "sft_draft", "refine_target", "sapo"):
+            sec = getattr(self.cfg, stage)
+            steps = sec.sft.steps if stage == "refine_target" else sec.steps
             done = (self.dir / stage / "checkpoints" / str(steps)).is_dir()
             return done and (stage != "sapo" or (self.dir / "sapo" / "effect.json").exists())
         if stage == "export":
@@ -260,22 +271,56 @@ class Run:
     def model(self, name: str):
         """A stage's model: in memory, restored from the stage's final checkpoint, or (for
         ``target_sft`` / ``draft_sft`` without an SFT stage) the role's checkpoint.
+        ``target`` is the target later stages use: ``refine_target``'s when this run has
+        that stage, else ``target_sft``.
 
         Raises:
           StageError: the stage that makes it has not finished in this workdir.
         """
+        if name == "target" and not self.refines():
+            name = "target_sft"
         if name not in self.models:
             if name == "draft_sapo":
                 self._require("sapo")
                 self.sapo(load_only=True)
+            elif name == "target":
+                self._require("refine_target")
+                self.refine(load_only=True)
             else:
                 role = "target" if name == "target_sft" else "draft"
-                if self._as_is(role):
+                if self._sft_is_checkpoint(role):
                     self.models[name] = self.init_model(role)[0]
                 else:
                     self._require(f"sft_{role}")
                     self.sft(role, load_only=True)
         return self.models[name]
+
+    def refine(self, *, load_only: bool = False) -> None:
+        """Fine-tunes the SFT target's verdicts on the SFT draft's wrong steps
+        (`training.refine`); when finished, only restores the refined target."""
+        if self.finished("refine_target") and not load_only:
+            print("stage refine_target: finished earlier, reused", flush=True)
+            return
+        target, draft = self.model("target_sft"), self.model("draft_sft")
+        del self.models["target_sft"]  # its arrays are donated to the fine-tune
+        sec = self.cfg.refine_target
+        sft = dataclasses.replace(sec.sft, patches_per_row=self.patches(target.cfg))
+        trained, result = run_refine(
+            self.dir / "refine_target",
+            target,
+            draft,
+            self.source("train"),
+            self.tokenizer(),
+            self.image_cfg(target.cfg),
+            dataclasses.replace(sec, sft=sft),
+            self.cfg.target_mesh.mesh("target"),
+            max_step_tokens=self.cfg.spec.max_step_tokens,
+            delimiter=self.cfg.spec.delimiter,
+            verifier=self.cfg.verifier,
+            config=self.raw,
+        )
+        self._stop_if_preempted(result)
+        self.models["target"] = trained
 
     def sapo(self, *, load_only: bool = False) -> None:
         """Runs SAPO on the SFT draft, measuring the draft on held-out prompts before and
@@ -283,7 +328,7 @@ class Run:
         if self.finished("sapo") and not load_only:
             print("stage sapo: finished earlier, reused", flush=True)
             return
-        target, draft = self.model("target_sft"), self.model("draft_sft")
+        target, draft = self.model("target"), self.model("draft_sft")
         sec = dataclasses.replace(self.cfg.sapo, patches_per_row=self.patches(draft.cfg))
         image_cfg = self.image_cfg(draft.cfg)
         scorer = Scorer(target, self.tokenizer(), image_cfg, sec)
@@ -343,6 +388,7 @@ class Run:
             "data": self.data,
             "sft_target": lambda: self.sft("target"),
             "sft_draft": lambda: self.sft("draft"),
+            "refine_target": self.refine,
             "sapo": self.sapo,
             "export": self.export,
             "eval": self.evaluate,

@@ -21,10 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import struct
+from flax import nnx, struct
 
 from dreamr_jax import config as config_lib
 from dreamr_jax import train
+from dreamr_jax.models import hf
 from dreamr_jax.models.sharding import ShardingError
 from dreamr_jax.training.checkpoint import CheckpointConfig, NonFiniteLoss, WorkdirError
 from dreamr_jax.training.loop import run_loop
@@ -179,13 +180,29 @@ def test_smoke_pipeline_writes_every_stage_and_the_report(smoke_run):
         assert (workdir / png).exists()
 
 
+def test_later_stages_use_the_refined_target(smoke_run):
+    """Export (and so SAPO's scorer and the evaluation) takes refine_target's model, not
+    the SFT target it started from."""
+    workdir, _ = smoke_run
+    summary = json.loads((workdir / "refine_target" / "candidates.json").read_text())["summary"]
+    assert summary["steps"] > 0
+    run = train.Run(_cfg(), workdir)
+    exported, _ = hf.load_pretrained(workdir / "export" / "target", dtype=jnp.float32)
+    leaves = lambda m: jax.tree.leaves(nnx.state(m, nnx.Param))  # noqa: E731
+    refined, sft = leaves(run.model("target")), leaves(run.model("target_sft"))
+    for a, b in zip(leaves(exported), refined, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    pairs = zip(refined, sft, strict=True)
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in pairs)
+
+
 def test_rerun_reuses_finished_stages(smoke_run):
     workdir, _ = smoke_run
     stamps = {p: p.stat().st_mtime_ns for p in workdir.rglob("*.safetensors")}
     logs = {p: p.read_text() for p in workdir.glob("*/metrics.jsonl")}
     code, out, err = _finish(_cli(workdir))
     assert code == 0, err[-3000:]
-    for stage in ("sft_target", "sft_draft", "sapo"):
+    for stage in ("sft_target", "sft_draft", "refine_target", "sapo"):
         assert f"stage {stage}: finished earlier, reused" in out
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*.safetensors")} == stamps
     assert {p: p.read_text() for p in workdir.glob("*/metrics.jsonl")} == logs

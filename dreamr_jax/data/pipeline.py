@@ -217,7 +217,9 @@ class TokenizeExample(grain.transforms.Map):
         """What ``rec``'s row judges: None for a chain row, else ``(k, candidate, correct)``.
 
         ``role`` is None to draw it (a verification example with probability
-        ``verify_fraction``), or one of `ROLES`, set by `verify_pairs`' pairing.
+        ``verify_fraction``), or one of `ROLES`, set by `verify_pairs`' pairing. A pair's
+        wrong step is the record's ``wrong_step`` ``(k, step)`` when it has one (a draft's
+        mistake, `training.refine`), else a synthetic corruption.
         """
         rng = row_rng(self.cfg.seed, rec["id"], epoch)
         if role is None:
@@ -226,7 +228,10 @@ class TokenizeExample(grain.transforms.Map):
             return verification.choose(rec["steps"], rng)
         if role not in ROLES:
             raise ValueError(f"role={role!r} must be None or one of {ROLES}.")
-        pair = None if role == "chain" else verification.choose_pair(rec["steps"], rng)
+        if role == "chain":
+            pair = None
+        else:
+            pair = rec.get("wrong_step") or verification.choose_pair(rec["steps"], rng)
         if pair is None:  # a chain row, or no step of this record can be corrupted
             return None
         k, wrong = pair

@@ -14,12 +14,13 @@ from dreamr_jax import eval as eval_lib
 from dreamr_jax.data import synthetic
 from dreamr_jax.spec import SpecConfig, VerifierConfig
 from dreamr_jax.spec.roles import DTYPES, MeshSection, builtin_config
+from dreamr_jax.training.refine import RefineConfig
 from dreamr_jax.training.sapo import SAPOConfig
 from dreamr_jax.training.sft import SFTConfig
 
 EvalSection = eval_lib.EvalSection
 
-STAGES = ("data", "sft_target", "sft_draft", "sapo", "export", "eval")
+STAGES = ("data", "sft_target", "sft_draft", "refine_target", "sapo", "export", "eval")
 
 
 # Training sets the data stage can import (`import_tfds`).
@@ -135,6 +136,7 @@ class TrainConfig:
     draft_model: ModelSpec = ModelSpec(hidden_size=64, num_layers=2, head_dim=16, seed=1)
     sft_target: SFTConfig = SFTConfig()
     sft_draft: SFTConfig = SFTConfig()
+    refine_target: RefineConfig = RefineConfig()
     sapo: SAPOConfig = SAPOConfig()
     spec: SpecConfig = SpecConfig()
     verifier: VerifierConfig = VerifierConfig()
@@ -162,7 +164,7 @@ class TrainConfig:
                 "needs target_model.checkpoint (the trained tokenizer covers only the "
                 "synthetic corpus)",
             )
-            sft = [s for s in self.stages if s.startswith("sft_")]
+            sft = [s for s in self.stages if s.startswith("sft_") or s == "refine_target"]
             require(
                 not sft,
                 "stages",
