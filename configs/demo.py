@@ -185,6 +185,7 @@ def _refine(steps: int) -> ml_collections.ConfigDict:
     r.temperature = 1.0  # the draft samples its steps (its own mistakes, as SAPO sees them)
     r.min_step = 1  # the draft writes steps 2.. after the reference steps before them
     r.seed = 0
+    r.synthetic_fraction = 0.3  # records whose pairs hold a synthetic corruption instead
     # Rows: contrast pairs (reference step, the draft's wrong step) and chains, half each.
     r.sft = _sft(steps=steps, lr=1e-3, batch=16)
     r.sft.verify_fraction = 0.5

@@ -45,29 +45,41 @@ def _steps(rec) -> list[str]:
     return synthetic_tfds.as_record(rec)["steps"]
 
 
-def test_a_pair_judges_the_records_wrong_step(source):
-    k = 2
-    (rec,) = refine.WrongSteps(source, [refine.Candidate(1, k, "Reading: WRONG.", False)])
+def test_a_pair_is_the_reference_and_the_drafts_step(source):
     ref = _steps(source[1])
+    wrong = refine.Candidate(1, 2, "Reading: WRONG.", False)
+    right = refine.Candidate(1, 3, ref[3], True)
+    steps = refine.DraftSteps(source, [wrong, right])
+    assert len(steps) == 2
     example = pipeline.TokenizeExample(PIPE, TOK, IMAGE_CFG)
-    got = synthetic_tfds.as_record(rec)
-    assert example.plan(got, 0, "reference") == (k, ref[k], True)
-    assert example.plan(got, 0, "corrupted") == (k, "Reading: WRONG.", False)
+    a, b = (synthetic_tfds.as_record(r) for r in steps)
+    assert example.plan(a, 0, "reference") == (2, ref[2], True)
+    assert example.plan(a, 0, "corrupted") == (2, "Reading: WRONG.", False)
+    assert example.plan(b, 0, "corrupted") == (3, ref[3], True)  # a right step: a positive
+    assert example.plan(b, 0, "chain") is None
     # The batched path makes the same rows, and the wrong row holds the draft's step.
-    pair = [(rec, 0, "reference"), (rec, 0, "corrupted")]
+    pair = [(steps[0], 0, "reference"), (steps[0], 0, "corrupted")]
     want = pipeline.collate([example.map(e) for e in pair], PIPE.num_patches)
     got = pipeline.TokenizeBatch(PIPE, TOK, IMAGE_CFG).fast(pair)
     assert got is not None
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
-    wrong = TOK.encode("Reading: WRONG.", add_special_tokens=False)
+    text = TOK.encode("Reading: WRONG.", add_special_tokens=False)
     row = want["input_ids"][1].tolist()
-    assert any(row[i : i + len(wrong)] == wrong for i in range(len(row)))
+    assert any(row[i : i + len(text)] == text for i in range(len(row)))
 
 
-def test_wrong_steps_needs_a_wrong_step(source):
+def test_plain_items_are_records_without_a_draft_step(source):
+    steps = refine.DraftSteps(source, [refine.Candidate(1, 2, "Reading: WRONG.", False)], plain=3)
+    assert len(steps) == 4 and "draft_step" in steps[0]
+    assert [steps[j]["id"] for j in (1, 2, 3)] == [source[j]["id"] for j in (0, 1, 2)]
+    assert all("draft_step" not in steps[j] for j in (1, 2, 3))
+    assert refine._plain(700, 0.3) == 300 and refine._plain(700, 0.0) == 0
+
+
+def test_draft_steps_needs_a_wrong_step(source):
     with pytest.raises(ValueError, match="no wrong step"):
-        refine.WrongSteps(source, [refine.Candidate(0, 1, _steps(source[0])[1], True)])
+        refine.DraftSteps(source, [refine.Candidate(0, 1, _steps(source[0])[1], True)])
 
 
 def test_the_draft_writes_after_the_chain_rows_own_prefix(source):

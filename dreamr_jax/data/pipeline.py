@@ -217,9 +217,10 @@ class TokenizeExample(grain.transforms.Map):
         """What ``rec``'s row judges: None for a chain row, else ``(k, candidate, correct)``.
 
         ``role`` is None to draw it (a verification example with probability
-        ``verify_fraction``), or one of `ROLES`, set by `verify_pairs`' pairing. A pair's
-        wrong step is the record's ``wrong_step`` ``(k, step)`` when it has one (a draft's
-        mistake, `training.refine`), else a synthetic corruption.
+        ``verify_fraction``), or one of `ROLES`, set by `verify_pairs`' pairing. A record
+        with a ``draft_step`` ``(k, step, right)`` (`training.refine`) pairs the reference
+        step k with the draft's, labelled ``right``; otherwise a pair's second step is a
+        synthetic corruption.
         """
         rng = row_rng(self.cfg.seed, rec["id"], epoch)
         if role is None:
@@ -228,10 +229,11 @@ class TokenizeExample(grain.transforms.Map):
             return verification.choose(rec["steps"], rng)
         if role not in ROLES:
             raise ValueError(f"role={role!r} must be None or one of {ROLES}.")
-        if role == "chain":
-            pair = None
-        else:
-            pair = rec.get("wrong_step") or verification.choose_pair(rec["steps"], rng)
+        draft = rec.get("draft_step")
+        if draft is not None and role != "chain":
+            k, step, right = draft
+            return (k, rec["steps"][k], True) if role == "reference" else (k, step, right)
+        pair = None if role == "chain" else verification.choose_pair(rec["steps"], rng)
         if pair is None:  # a chain row, or no step of this record can be corrupted
             return None
         k, wrong = pair

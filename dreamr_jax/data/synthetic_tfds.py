@@ -193,9 +193,9 @@ def as_record(record: Mapping) -> dict:
     out.update({k: [_text(v) for v in record[k]] for k in _SEQ_FIELDS})
     out["image"] = np.asarray(record["image"])
     out["difficulty"] = int(record["difficulty"])
-    if "wrong_step" in record:  # a draft's wrong step k (training.refine.WrongSteps)
-        k, step = record["wrong_step"]
-        out["wrong_step"] = (int(k), _text(step))
+    if "draft_step" in record:  # the draft's step k, right or not (training.refine)
+        k, step, right = record["draft_step"]
+        out["draft_step"] = (int(k), _text(step), bool(right))
     return out
 
 
