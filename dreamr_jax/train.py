@@ -228,8 +228,7 @@ class Run:
     def finished(self, stage: str) -> bool:
         """Whether ``stage`` completed in this workdir (its outputs are all there)."""
         if stage in ("sft_target", "sft_draft", "refine_target", "sapo"):
-            sec = getattr(self.cfg, stage)
-            steps = sec.sft.steps if stage == "refine_target" else sec.steps
+            steps = getattr(self.cfg, stage).steps
             done = (self.dir / stage / "checkpoints" / str(steps)).is_dir()
             return done and (stage != "sapo" or (self.dir / "sapo" / "effect.json").exists())
         if stage == "export":
@@ -314,6 +313,7 @@ class Run:
             self.image_cfg(target.cfg),
             dataclasses.replace(sec, sft=sft),
             self.cfg.target_mesh.mesh("target"),
+            draft_image_cfg=self.image_cfg(draft.cfg),
             max_step_tokens=self.cfg.spec.max_step_tokens,
             delimiter=self.cfg.spec.delimiter,
             verifier=self.cfg.verifier,

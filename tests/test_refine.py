@@ -90,7 +90,7 @@ def test_the_draft_writes_after_the_chain_rows_own_prefix(source):
     row_ids = row["input_ids"][: int(row["attention_mask"].sum())].tolist()
     for k in (1, 3):
         prompts, _ = make_prompts([rec], TOK, IMAGE_CFG)
-        (ids,) = refine.prefix_prompts(prompts, [rec], [k], TOK, "\n\n").ids
+        (ids,) = refine.prefix_prompts(prompts, [_steps(rec)], [k], TOK, "\n\n").ids
         assert len(ids) > len(prompts.ids[0]) and row_ids[: len(ids)] == ids
 
 

@@ -432,7 +432,7 @@ class TokenizeBatch(grain.transforms.Map):
             answer = full[i][len(prompt) :]
             if full[i][: len(prompt)] != prompt or self.example.end_id not in answer:
                 return None
-            stop = full[i].index(self.example.end_id, len(prompt)) + 1
+            stop = len(prompt) + answer.index(self.example.end_id) + 1
             rows.append((full[i], len(prompt), stop, 1))
         # (preprocess_batch already refused more patches than num_patches)
         return None if max(len(r[0]) for r in rows) > cfg.seq_len else rows

@@ -62,6 +62,14 @@ class RolloutConfig:
         return StepConfig(self.delimiter, self.max_step_tokens)
 
 
+def chain_token_ids(tokenizer) -> tuple[tuple[int, ...], int]:
+    """``(eos_ids, pad_id)`` of a chat model's rollouts: a chain ends at end-of-turn or the
+    tokenizer's end-of-sequence; padding is its pad token (else 0)."""
+    eos = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return tuple(dict.fromkeys(i for i in eos if i is not None)), pad
+
+
 @dataclasses.dataclass
 class Prompts:
     """Tokenised prompts with their images (host side), one image list per prompt."""
@@ -74,6 +82,11 @@ class Prompts:
         """Each prompt ``g`` times in a row (a group of G rollouts shares its prompt)."""
         rep = lambda xs: [x for x in xs for _ in range(g)]  # noqa: E731
         return Prompts(rep(self.ids), rep(self.pixel_values), rep(self.image_grid_thw))
+
+    def take(self, rows: Sequence[int]) -> Prompts:
+        """Prompts ``rows``, in that order (a row may repeat)."""
+        pick = lambda xs: [xs[r] for r in rows]  # noqa: E731
+        return Prompts(pick(self.ids), pick(self.pixel_values), pick(self.image_grid_thw))
 
     def batch(self, cfg, *, pad_id: int = 0, num_patches: int | None = None) -> PromptBatch:
         return make_batch(

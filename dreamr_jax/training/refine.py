@@ -29,8 +29,9 @@ from pathlib import Path
 import jax
 
 from dreamr_jax.config import require
+from dreamr_jax.data.synthetic_tfds import as_record
 from dreamr_jax.processing.image import ImageProcessorConfig
-from dreamr_jax.rl.rollout import Prompts, RolloutConfig, sample_rollouts
+from dreamr_jax.rl.rollout import Prompts, RolloutConfig, chain_token_ids, sample_rollouts
 from dreamr_jax.spec.verify import VerifierConfig
 from dreamr_jax.training.loop import LoopResult
 from dreamr_jax.training.sapo import make_prompts
@@ -59,6 +60,11 @@ class RefineConfig:
     seed: int = 0
     synthetic_fraction: float = 0.3
     sft: SFTConfig = SFTConfig(steps=400, verify_fraction=0.5, verify_weight=16, verify_pairs=True)
+
+    @property
+    def steps(self) -> int:
+        """Updates in the stage (``sft.steps``)."""
+        return self.sft.steps
 
     def validate(self) -> RefineConfig:
         require(self.records >= 1, "records", self.records, "must be >= 1")
@@ -92,13 +98,13 @@ class Candidate:
 
 
 def prefix_prompts(
-    prompts: Prompts, records: Sequence[Mapping], ks: Sequence[int], tokenizer, delimiter: str
+    prompts: Prompts, steps: Sequence[Sequence[str]], ks: Sequence[int], tokenizer, delimiter: str
 ) -> Prompts:
-    """Each prompt followed by its record's reference steps ``0..k-1``, as generation writes
-    them (each ending with the delimiter): where the draft writes step ``k``."""
+    """Each prompt followed by the first ``k`` of its reference ``steps``, as generation
+    writes them (each ending with the delimiter): where the draft writes step ``k``."""
     ids = []
-    for p, rec, k in zip(prompts.ids, records, ks, strict=True):
-        text = "".join(_text(s) + delimiter for s in rec["steps"][:k])
+    for p, ref, k in zip(prompts.ids, steps, ks, strict=True):
+        text = "".join(s + delimiter for s in ref[:k])
         ids.append(list(p) + (tokenizer.encode(text, add_special_tokens=False) if text else []))
     return Prompts(ids, prompts.pixel_values, prompts.image_grid_thw)
 
@@ -122,8 +128,8 @@ def draft_candidates(
 
     Args:
       draft: the draft model.
-      records: records with ``steps`` (and what `sapo.make_prompts` reads).
-      tokenizer, image_cfg: the models' tokenizer and image settings.
+      records: synthetic records (`synthetic_tfds.as_record`'s input).
+      tokenizer, image_cfg: the draft's tokenizer and image settings.
       max_step_tokens, delimiter: a step's cap and end, as the engines cut steps.
       temperature: sampling temperature (0: greedy).
       rng: sampling key (one per batch is folded in).
@@ -134,7 +140,9 @@ def draft_candidates(
     Returns:
       One `Candidate` per (record, k) whose step is not empty, in record order.
     """
-    items = [(i, k) for i, rec in enumerate(records) for k in range(min_step, len(rec["steps"]))]
+    refs = [as_record(r)["steps"] for r in records]
+    items = [(i, k) for i, steps in enumerate(refs) for k in range(min_step, len(steps))]
+    prompts, _ = make_prompts(records, tokenizer, image_cfg)  # each image once
     cfg = RolloutConfig(
         group_size=1,
         max_new_tokens=max_step_tokens,
@@ -148,16 +156,17 @@ def draft_candidates(
     out = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        recs = [records[i] for i, _ in chunk]
-        prompts, _ = make_prompts(recs, tokenizer, image_cfg)
-        prompts = prefix_prompts(prompts, recs, [k for _, k in chunk], tokenizer, delimiter)
+        rows, ks = [i for i, _ in chunk], [k for _, k in chunk]
+        batch = prefix_prompts(
+            prompts.take(rows), [refs[i] for i in rows], ks, tokenizer, delimiter
+        )
         key = jax.random.fold_in(rng, start)
-        ro = sample_rollouts(draft, prompts, cfg, tokenizer, key, eos_ids=eos_ids, pad_id=pad_id)
-        for r, ((i, k), rec) in enumerate(zip(chunk, recs, strict=True)):
+        ro = sample_rollouts(draft, batch, cfg, tokenizer, key, eos_ids=eos_ids, pad_id=pad_id)
+        for r, (i, k) in enumerate(chunk):
             text = tokenizer.decode(ro.tokens[r, : ro.lengths[r]], skip_special_tokens=True)
             step = text.split(delimiter)[0].strip()
             if step:
-                out.append(Candidate(i, k, step, step == _text(rec["steps"][k]).strip()))
+                out.append(Candidate(i, k, step, step == refs[i][k].strip()))
     return out
 
 
@@ -226,6 +235,7 @@ def run_refine(
     cfg: RefineConfig,
     mesh: jax.sharding.Mesh,
     *,
+    draft_image_cfg: ImageProcessorConfig,
     max_step_tokens: int,
     delimiter: str,
     verifier: VerifierConfig,
@@ -246,19 +256,18 @@ def run_refine(
         candidates = load_candidates(path)
     else:
         records = [source[i] for i in range(min(cfg.records, len(source)))]
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        eos = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
+        eos_ids, pad_id = chain_token_ids(tokenizer)
         candidates = draft_candidates(
             draft,
             records,
             tokenizer,
-            image_cfg,
+            draft_image_cfg,
             max_step_tokens=max_step_tokens,
             delimiter=delimiter,
             temperature=cfg.temperature,
             rng=jax.random.key(cfg.seed),
-            eos_ids=tuple(dict.fromkeys(i for i in eos if i is not None)),
-            pad_id=pad,
+            eos_ids=eos_ids,
+            pad_id=pad_id,
             min_step=cfg.min_step,
         )
         save_candidates(path, candidates)
@@ -285,7 +294,3 @@ def run_refine(
 def _plain(candidates: int, fraction: float) -> int:
     """Items without a draft step so that they are ``fraction`` of all items."""
     return round(candidates * fraction / (1.0 - fraction))
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -37,7 +37,13 @@ from dreamr_jax.processing.prompt import build_prompt
 from dreamr_jax.rl.advantages import group_advantages
 from dreamr_jax.rl.losses import token_logprobs
 from dreamr_jax.rl.rewards import RewardConfig, accepted_fraction, rewards
-from dreamr_jax.rl.rollout import Prompts, RolloutConfig, sample_rollouts, training_batch
+from dreamr_jax.rl.rollout import (
+    Prompts,
+    RolloutConfig,
+    chain_token_ids,
+    sample_rollouts,
+    training_batch,
+)
 from dreamr_jax.rl.scoring import score_rollouts
 from dreamr_jax.spec.verify import VerifierConfig, verdict_tokens
 from dreamr_jax.training.checkpoint import CheckpointConfig
@@ -170,9 +176,7 @@ class Scorer:
         self.target_cfg, self.target_dtype = target.cfg, target.dtype
         self.tokenizer, self.image_cfg, self.cfg = tokenizer, image_cfg, cfg
         self.verdict = verdict_tokens(tokenizer, cfg.verifier)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        eos = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
-        self.eos_ids = tuple(dict.fromkeys(i for i in eos if i is not None))
+        self.eos_ids, self.pad_id = chain_token_ids(tokenizer)
 
     def score(self, out):
         """The target's verdicts on every step of rollouts ``out`` (`score_rollouts`)."""
