@@ -442,16 +442,30 @@ def test_image_chat_template_is_build_prompt(tokenizer_dir, strip):
         tokenizer.chat_template = template
     chat = ImageChatTemplate(tokenizer, merge_size=2)
     assert (chat._pieces is None) == strip
-    texts, want_ids, grids = [], [], []
+    assert chat._expand_ids  # the image token is an added special token
+    chats, want_ids = [], []
     for q in QUESTIONS:
         for a in (None, *ANSWERS):
-            grid = np.array([[1, 4, 6]]) if len(texts) % 2 else np.array([[1, 2, 2]])
+            grid = np.array([[1, 4, 6]]) if len(chats) % 2 else np.array([[1, 2, 2]])
             ids, text = build_prompt(tokenizer, _chat(q, a), grid, add_generation_prompt=a is None)
             assert chat.render(q, grid, a) == text, (q, a)
-            texts.append(text)
+            chats.append((q, grid, a))
             want_ids.append(ids)
-            grids.append(grid)
-    assert chat.encode(texts, grids) == want_ids
+    assert chat.encode(chats) == want_ids
+    chat._expand_ids = False  # the expanded texts' tokenisation: the same ids
+    assert chat.encode(chats) == want_ids
+
+
+def test_image_chat_template_split_image_token(tokenizer_dir):
+    """A tokenizer that splits the image token: ids are not repeated, and `encode` raises
+    `build_prompt`'s error."""
+    tokenizer = load_tokenizer(tokenizer_dir)
+    tokenizer.split_special_tokens = True
+    tokenizer.backend_tokenizer.encode_special_tokens = True
+    chat = ImageChatTemplate(tokenizer, merge_size=2)
+    assert not chat._expand_ids
+    with pytest.raises(ValueError, match="the tokenizer split <\\|image_pad\\|>"):
+        chat.encode([("Q?", np.array([[1, 2, 2]]), None)])
 
 
 def test_image_chat_template_bad_input(tokenizer):

@@ -3,11 +3,13 @@
 import hashlib
 import io
 import pathlib
+import pickle
 import sys
 
 import numpy as np
 import pytest
 from PIL import Image
+from tensorflow_datasets.proto import tf_example_pb2
 
 from dreamr_jax.data import synthetic_tfds
 from dreamr_jax.data.synthetic import SPLITS, SyntheticConfig, make_example, to_record
@@ -106,3 +108,62 @@ def test_bad_split_and_sizes(built):
         synthetic_tfds.make_config(CFG, {"dev": 3})
     with pytest.raises(ValueError, match="sizes\\['train'\\]"):
         synthetic_tfds.make_config(CFG, {"train": 0})
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_source_reads_what_tfds_reads(built, split):
+    """`Source` parses records itself: the same values and types as tfds' decoding."""
+    data_dir, _ = built
+    src = synthetic_tfds.load(str(data_dir), CFG, split, SIZES)
+    want = [src.tfds_source[i] for i in range(len(src))]
+    keys = list(range(len(src)))[::-1] + [0]
+    for got in ([src[i] for i in range(len(src))], src.__getitems__(keys)[::-1][1:]):
+        assert len(got) == len(want)
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert g.keys() == w.keys(), (split, i)
+            for k in w:
+                if k == "image":
+                    assert g[k].dtype == w[k].dtype == np.uint8 and g[k].flags.writeable
+                    np.testing.assert_array_equal(g[k], w[k])
+                else:
+                    assert type(g[k]) is type(w[k]) and g[k] == w[k], (split, i, k)
+    assert pickle.loads(pickle.dumps(src))[1]["id"] == want[1]["id"]  # grain workers
+    with pytest.raises(IndexError, match="out of range"):
+        src[len(src)]
+    with pytest.raises(IndexError, match="out of range"):
+        src.__getitems__([0, -1])
+
+
+class _Raw:
+    """A tfds source stand-in holding serialised records."""
+
+    def __init__(self, records):
+        self.data_source = records
+
+    def __len__(self):
+        return len(self.data_source)
+
+
+def test_source_refuses_bad_records(built):
+    data_dir, _ = built
+    good = synthetic_tfds.load(str(data_dir), CFG, "train", SIZES).tfds_source.data_source[0]
+    example = tf_example_pb2.Example.FromString(good)
+    small = to_record(make_example(0, "train", SyntheticConfig(image_size=96, seed=3)))
+    example.features.feature["image"].bytes_list.value[0] = small["image"]
+    no_answer = tf_example_pb2.Example.FromString(good)
+    del no_answer.features.feature["answer"]
+    truncated = tf_example_pb2.Example.FromString(good)
+    png = truncated.features.feature["image"].bytes_list.value[0]
+    truncated.features.feature["image"].bytes_list.value[0] = png[: len(png) // 2]
+    cases = {
+        b"not a record": "does not parse",
+        example.SerializeToString(): "image shape \\(96, 96, 3\\), expected \\(64, 64, 3\\)",
+        no_answer.SerializeToString(): "expected one value, found 0",
+        truncated.SerializeToString(): "does not parse",
+    }
+    for record, match in cases.items():
+        src = synthetic_tfds.Source(_Raw([good, record]), "train", 64)
+        assert src[0]["id"] == b"train-3-0"
+        with pytest.raises(ValueError, match=match) as err:
+            src[1]
+        assert "train record 1" in str(err.value) and "build it again" in str(err.value)

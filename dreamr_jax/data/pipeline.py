@@ -222,19 +222,23 @@ class TokenizeExample(grain.transforms.Map):
         step k with the draft's, labelled ``right``; otherwise a pair's second step is a
         synthetic corruption.
         """
-        rng = row_rng(self.cfg.seed, rec["id"], epoch)
         if role is None:
-            if not (self.cfg.verify_fraction and rng.random() < self.cfg.verify_fraction):
+            if not self.cfg.verify_fraction:  # chains only: no draws (the draft's SFT)
+                return None
+            rng = row_rng(self.cfg.seed, rec["id"], epoch)
+            if not rng.random() < self.cfg.verify_fraction:
                 return None
             return verification.choose(rec["steps"], rng)
         if role not in ROLES:
             raise ValueError(f"role={role!r} must be None or one of {ROLES}.")
+        if role == "chain":
+            return None
         draft = rec.get("draft_step")
-        if draft is not None and role != "chain":
+        if draft is not None:
             k, step, right = draft
             return (k, rec["steps"][k], True) if role == "reference" else (k, step, right)
-        pair = None if role == "chain" else verification.choose_pair(rec["steps"], rng)
-        if pair is None:  # a chain row, or no step of this record can be corrupted
+        pair = verification.choose_pair(rec["steps"], row_rng(self.cfg.seed, rec["id"], epoch))
+        if pair is None:  # no step of this record can be corrupted
             return None
         k, wrong = pair
         return (k, rec["steps"][k], True) if role == "reference" else (k, wrong, False)
@@ -416,13 +420,12 @@ class TokenizeBatch(grain.transforms.Map):
         too long (the reference raises)."""
         cfg, grids = self.cfg, [g[None] for g in grid]
         verify = [p is not None for p in plans]
-        texts = [self.chat.render(r["question"], g) for r, g in zip(recs, grids, strict=True)]
+        chats = [(r["question"], g, None) for r, g in zip(recs, grids, strict=True)]
         chains = [i for i, v in enumerate(verify) if not v]
         delimiter = StepConfig(delimiter=cfg.step_delimiter)
         for i in chains:
-            answer = join_steps(recs[i]["steps"], delimiter)
-            texts.append(self.chat.render(recs[i]["question"], grids[i], answer))
-        ids = self.chat.encode(texts, grids + [grids[i] for i in chains])
+            chats.append((recs[i]["question"], grids[i], join_steps(recs[i]["steps"], delimiter)))
+        ids = self.chat.encode(chats)
         full = dict(zip(chains, ids[len(recs) :], strict=True))
         rows = []
         for i, (rec, prompt) in enumerate(zip(recs, ids[: len(recs)], strict=True)):
@@ -547,7 +550,11 @@ class _Read(grain.transforms.Map):
 
     def map(self, item):
         if isinstance(item, list):  # a verification pair names its record twice: read once
-            records = {i[0]: self.source[i[0]] for i in item}
+            keys = list(dict.fromkeys(i[0] for i in item))
+            if hasattr(self.source, "__getitems__"):  # one batched read (tfds, `Source`)
+                records = dict(zip(keys, self.source.__getitems__(keys), strict=True))
+            else:
+                records = {k: self.source[k] for k in keys}
             return [(records[i[0]], *i[1:]) for i in item]
         return (self.source[item[0]], *item[1:])
 

@@ -219,6 +219,12 @@ class ImageChatTemplate:
     whitespace and newlines (else every prompt is rendered). Contents holding ``<`` (tags a
     template may parse, e.g. ``</think>``) are always rendered.
 
+    `encode` tokenises each chat with one image token and repeats that token's id, instead
+    of cutting every copy out of the expanded text. That is exact when the tokenizer cuts
+    the text at the image token (an added special token), so the text around it is
+    tokenised the same whatever the count; construction checks it on a probe chat, else
+    `encode` tokenises the expanded text.
+
     Args:
         tokenizer: A transformers tokenizer with a chat template.
         merge_size: Side of the merged patch block (`num_image_tokens`).
@@ -239,6 +245,25 @@ class ImageChatTemplate:
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
         self._counts: dict[bytes, list[int]] = {}
         self._pieces = self._find_pieces()
+        self._expand_ids = self._ids_expand_exactly()
+
+    def _ids_expand_exactly(self) -> bool:
+        """Whether tokenising with one image token and repeating its id equals tokenising
+        the expanded text, on a probe chat with whitespace around the question and answer."""
+        question, answer = self._PROBES[2]
+        text = self._jinja(question, answer)
+        if text.count(self.image_token) != 1:
+            return False
+        one, three = self._tokenize([text, expand_image_tokens(text, [3], self.image_token)])
+        return one.count(self.image_token_id) == 1 and self._repeat([one], [3]) == [three]
+
+    def _repeat(self, ids: list[list[int]], counts: Sequence[int]) -> list[list[int]]:
+        """Each row's (one) image token id repeated ``counts[row]`` times."""
+        image, out = self.image_token_id, []
+        for row, count in zip(ids, counts, strict=True):
+            at = row.index(image)
+            out.append(row[:at] + [image] * count + row[at + 1 :])
+        return out
 
     def _find_pieces(self) -> tuple[str, ...] | None:
         """``(p0, p1, f0, f1, f2)``: the prompt is ``p0 Q p1``, the chat ``f0 Q f1 A f2``."""
@@ -280,10 +305,18 @@ class ImageChatTemplate:
         Returns:
             The rendered text with the image placeholder expanded, as `build_prompt`.
         """
+        return expand_image_tokens(
+            self._render(question, answer), self.image_tokens(image_grid_thw), self.image_token
+        )
+
+    def _render(self, question: str, answer: str | None) -> str:
+        """The chat's text with one image token (`render` before expansion)."""
         spliced = self._pieces is not None and "<" not in question + (answer or "")
         text = self._splice(question, answer) if spliced else self._jinja(question, answer)
         _refuse_video(self.tokenizer, text)
-        return expand_image_tokens(text, self.image_tokens(image_grid_thw), self.image_token)
+        if text.count(self.image_token) != 1:  # the question or answer holds one
+            expand_image_tokens(text, [1], self.image_token)  # raises its error
+        return text
 
     def image_tokens(self, image_grid_thw: Any) -> list[int]:
         """`num_image_tokens`, remembered per grid (a batch's images share a few sizes)."""
@@ -292,14 +325,25 @@ class ImageChatTemplate:
             self._counts[key] = num_image_tokens(image_grid_thw, self.merge_size)
         return self._counts[key]
 
-    def encode(self, texts: Sequence[str], grids: Sequence[Any]) -> list[list[int]]:
-        """`build_prompt`'s ids of rendered texts (text i shows image grid ``grids[i]``,
-        int ``[1, 3]``), in one tokenizer call.
+    def encode(self, chats: Sequence[tuple[str, Any, str | None]]) -> list[list[int]]:
+        """`build_prompt`'s ids of each ``(question, image_grid_thw, answer)`` chat (as
+        `render`'s arguments), in one tokenizer call.
 
         Raises:
-            ValueError: If the tokenizer splits the image token (as `build_prompt` checks).
+            ValueError: If the tokenizer splits the image token (as `build_prompt` checks),
+                or a chat is bad input for `render`.
         """
-        ids = self._tokenize(list(texts))
+        chats = list(chats)
+        grids = [grid for _, grid, _ in chats]
+        texts = [self._render(question, answer) for question, _, answer in chats]
+        counts = [self.image_tokens(grid) for grid in grids]  # one image per chat
+        if self._expand_ids:
+            ids = self._tokenize(texts)
+            if all(row.count(self.image_token_id) == 1 for row in ids):
+                return self._repeat(ids, [sum(c) for c in counts])
+        image = self.image_token
+        texts = [expand_image_tokens(t, c, image) for t, c in zip(texts, counts, strict=True)]
+        ids = self._tokenize(texts)
         for row, grid in zip(ids, grids, strict=True):
             want, found = sum(self.image_tokens(grid)), row.count(self.image_token_id)
             if found != want:
