@@ -16,6 +16,7 @@ from dreamr_jax.data.synthetic import SyntheticConfig
 from dreamr_jax.models.qwen3_vl import Qwen3VL
 from dreamr_jax.processing.image import ImageProcessorConfig
 from dreamr_jax.processing.tokenizer import byte_tokenizer
+from dreamr_jax.rl.rollout import pack_steps
 from dreamr_jax.spec.roles import builtin_config
 from dreamr_jax.training import refine
 from dreamr_jax.training.sapo import make_prompts
@@ -104,10 +105,16 @@ def test_candidates_are_labelled_by_the_reference_step(source, monkeypatch):
             answer = tokenizer.decode(ids).split("<|im_start|>assistant\n")[-1]
             k = answer.count("\n\n")
             text = f"Step {k}.\n\nStep 9." if k % 2 == 0 else f"Step {k}, I think.\n\n"
+            if k == 3:  # no delimiter within the step cap: the step is cut at the cap
+                text = f"Step {k}, " + "and " * 20 + "so on.\n\n"
             rows.append(tokenizer.encode(text, add_special_tokens=False))
         n = max(map(len, rows))
         tokens = np.array([r + [pad_id] * (n - len(r)) for r in rows])
-        return types.SimpleNamespace(tokens=tokens, lengths=np.array([len(r) for r in rows]))
+        steps = pack_steps(rows, tokenizer, cfg, pad_id)
+        return types.SimpleNamespace(
+            tokens=tokens, lengths=np.array([len(r) for r in rows]), step_tokens=steps[0],
+            step_lengths=steps[1],
+        )  # fmt: skip
 
     monkeypatch.setattr(refine, "sample_rollouts", fake)
     got = refine.draft_candidates(
@@ -117,6 +124,8 @@ def test_candidates_are_labelled_by_the_reference_step(source, monkeypatch):
     assert [(c.record, c.k) for c in got] == [(i, k) for i in range(3) for k in (1, 2, 3)]
     assert [c.right for c in got] == [k % 2 == 0 for _ in range(3) for k in (1, 2, 3)]
     assert got[0].step == "Step 1, I think."
+    cut = TOK.decode(TOK.encode("Step 3, " + "and " * 20, add_special_tokens=False)[:32])
+    assert got[2].step == cut.strip() and "so on" not in got[2].step  # as the engines cut it
     summary = refine.candidates_summary(got)
     assert summary["by_step"]["2"] == {"right": 3, "wrong": 0}
     assert summary["by_step"]["3"] == {"right": 0, "wrong": 3}

@@ -29,6 +29,7 @@ from pathlib import Path
 import jax
 
 from dreamr_jax.config import require
+from dreamr_jax.data.steps import StepConfig, split_steps
 from dreamr_jax.data.synthetic_tfds import as_record
 from dreamr_jax.processing.image import ImageProcessorConfig
 from dreamr_jax.rl.rollout import Prompts, RolloutConfig, chain_token_ids, sample_rollouts
@@ -153,6 +154,7 @@ def draft_candidates(
         delimiter=delimiter,
         max_scored_steps=1,
     )
+    steps_cfg = StepConfig(delimiter=delimiter)
     out = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
@@ -163,8 +165,10 @@ def draft_candidates(
         key = jax.random.fold_in(rng, start)
         ro = sample_rollouts(draft, batch, cfg, tokenizer, key, eos_ids=eos_ids, pad_id=pad_id)
         for r, (i, k) in enumerate(chunk):
-            text = tokenizer.decode(ro.tokens[r, : ro.lengths[r]], skip_special_tokens=True)
-            step = text.split(delimiter)[0].strip()
+            # The first step as the engines cut it (`Rollouts.step_tokens`), less its delimiter.
+            ids = ro.step_tokens[r, 0, : ro.step_lengths[r, 0]]
+            pieces = split_steps(tokenizer.decode(ids, skip_special_tokens=True), steps_cfg)
+            step = pieces[0].strip() if pieces else ""
             if step:
                 out.append(Candidate(i, k, step, step == refs[i][k].strip()))
     return out
