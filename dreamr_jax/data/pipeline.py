@@ -550,11 +550,9 @@ class _Read(grain.transforms.Map):
 
     def map(self, item):
         if isinstance(item, list):  # a verification pair names its record twice: read once
-            keys = list(dict.fromkeys(i[0] for i in item))
-            if hasattr(self.source, "__getitems__"):  # one batched read (tfds, `Source`)
-                records = dict(zip(keys, self.source.__getitems__(keys), strict=True))
-            else:
-                records = {k: self.source[k] for k in keys}
+            # (one read per record: array_record's batched read, tfds' `__getitems__`,
+            # starts a thread pool per call, which costs more than 16 reads in a row)
+            records = {i[0]: self.source[i[0]] for i in item}
             return [(records[i[0]], *i[1:]) for i in item]
         return (self.source[item[0]], *item[1:])
 

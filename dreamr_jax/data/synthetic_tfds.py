@@ -176,7 +176,7 @@ def load(
     """Random-access `Source` of `split`: ``src[i]`` is the record of example ``i``.
 
     Records hold ``image`` as ``[S, S, 3]`` uint8, text as ``bytes``, ``choices`` / ``steps``
-    as object arrays of ``bytes`` and ``difficulty`` as int32 (see `as_record`).
+    as lists of ``bytes`` and ``difficulty`` as int (see `Source`, `as_record`).
 
     Raises:
       FileNotFoundError: the dataset for (cfg, sizes) was not built under `data_dir`.
@@ -222,14 +222,7 @@ class Source(Sequence):
     def __getitems__(self, keys: Sequence[int]) -> list[dict]:
         # One read per record: array_record's batched read starts a thread pool per call,
         # which costs more than reading 16 small records one after another.
-        raw = self.tfds_source.data_source
-        return [self._parse(raw[k], k) for k in map(self._checked, keys)]
-
-    def _checked(self, key) -> int:
-        i = key.__index__()
-        if not 0 <= i < len(self):
-            raise IndexError(f"index {i} out of range for the {len(self)} {self.split} records")
-        return i
+        return [self[k] for k in keys]
 
     def _parse(self, serialized: bytes, index: int) -> dict:
         try:
