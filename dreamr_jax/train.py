@@ -333,7 +333,7 @@ class Run:
         image_cfg = self.image_cfg(draft.cfg)
         scorer = Scorer(target, self.tokenizer(), image_cfg, sec)
         val = self.source("validation")
-        held_out = [val[i] for i in range(min(len(val), 64))]
+        held_out = [val[i] for i in range(min(len(val), self.cfg.data.validation_size))]
         before = None if load_only else policy_stats(scorer, draft, held_out)
         trained, result = run_sapo(
             self.dir / "sapo",

@@ -323,7 +323,9 @@ def test_batched_path_failure_on_good_input_is_logged_and_the_batch_still_made(d
     def broken(*args, **kwargs):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(pipeline, "_one_image_positions", broken)
+    # (this batcher only: a module-level patch also breaks the prefetch threads of other
+    # tests' iterators still running, whose batchers then log too)
+    monkeypatch.setattr(batcher, "assemble", broken)
     warnings = []
     monkeypatch.setattr(pipeline.logging, "warning", lambda *a: warnings.append(a[0] % a[1:]))
     for _ in range(2):

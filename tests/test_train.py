@@ -174,6 +174,7 @@ def test_smoke_pipeline_writes_every_stage_and_the_report(smoke_run):
     assert set(report["evaluations"]) == {"draft_sft", "draft_sapo"}
     effect = json.loads((workdir / "sapo" / "effect.json").read_text())
     assert set(effect) == {"held_out_examples", "before", "after"}
+    assert effect["held_out_examples"] == 4  # the smoke variant's data.validation_size
     md = (workdir / "report.md").read_text()
     assert "## Checks" in md and "fpsr" in md
     for png in report["plots"]["draft_sapo"]:

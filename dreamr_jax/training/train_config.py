@@ -44,7 +44,9 @@ class DataSection:
         patch budget of every training row.
       synthetic: the generator's settings (seed, image size, families, difficulty); images
         are not resized, so every example has one static patch grid.
-      train_size, validation_size, test_size: synthetic examples per split.
+      train_size, validation_size, test_size: synthetic examples per split;
+        validation_size also caps the held-out prompts of SAPO's before/after check (the
+        first ones of the validation split, any dataset).
       tokenizer_vocab: BPE vocabulary size of the trained tokenizer.
       tokenizer_examples: training examples the tokenizer is trained on.
     """
