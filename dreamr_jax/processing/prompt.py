@@ -334,9 +334,8 @@ class ImageChatTemplate:
                 or a chat is bad input for `render`.
         """
         chats = list(chats)
-        grids = [grid for _, grid, _ in chats]
         texts = [self._render(question, answer) for question, _, answer in chats]
-        counts = [self.image_tokens(grid) for grid in grids]  # one image per chat
+        counts = [self.image_tokens(grid) for _, grid, _ in chats]  # one image per chat
         if self._expand_ids:
             ids = self._tokenize(texts)
             if all(row.count(self.image_token_id) == 1 for row in ids):
@@ -344,8 +343,8 @@ class ImageChatTemplate:
         image = self.image_token
         texts = [expand_image_tokens(t, c, image) for t, c in zip(texts, counts, strict=True)]
         ids = self._tokenize(texts)
-        for row, grid in zip(ids, grids, strict=True):
-            want, found = sum(self.image_tokens(grid)), row.count(self.image_token_id)
+        for row, count in zip(ids, counts, strict=True):
+            want, found = sum(count), row.count(self.image_token_id)
             if found != want:
                 raise ValueError(
                     f"the tokenizer split {self.image_token} (id {self.image_token_id}): found "
