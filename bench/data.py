@@ -223,8 +223,9 @@ def profile_stages(stage: Stage, source, tokenizer, n: int) -> dict:
     return out
 
 
-def make_step(stage: Stage):
-    """The stage's jitted train step and initial state, as `run_sft` makes them."""
+def make_step(stage: Stage, compiler_options=None):
+    """The stage's jitted train step and initial state, as `run_sft` makes them
+    (``compiler_options`` as `make_train_step`'s)."""
     from flax import nnx
 
     from dreamr_jax.training.objectives import sft_objective
@@ -239,6 +240,7 @@ def make_step(stage: Stage):
         mesh=stage.mesh,
         learning_rate=make_schedule(stage.sft.optim),
         micro_batches=stage.sft.micro_batches,
+        compiler_options=compiler_options,
     )
     return step, init_train_state(stage.model, tx)
 

@@ -25,7 +25,10 @@ after a warm-up step, ``block_until_ready`` on every device result:
    tests/test_rl_rollout.py, one full target forward per (rollout, step) over prompt +
    steps <= k + the verification question (jitted, compiled in an untimed first pass), vs
    `score_rollouts` on the same rollouts.
-6. devices: the target's SFT step (`bench/data.py`'s `make_step` on pipeline batches) and
+6. XLA options: the target's SFT step (`make_step`, 10 steps a round on 4 pipeline batches)
+   compiled with `training.step.CPU_COMPILER_OPTIONS` (what `make_train_step` uses on a CPU
+   mesh) and with XLA's defaults, in ``--option_rounds`` alternating rounds; ratio of means.
+7. devices: the target's SFT step (`bench/data.py`'s `make_step` on pipeline batches) and
    the SAPO update step, each in a subprocess on 1 and on 8 fake CPU devices
    (``XLA_FLAGS=--xla_force_host_platform_device_count=8``, mesh ``(8,1,1)`` if the batches
    divide, else ``(4,1,1)`` / ``(2,1,1)``). The fake devices share this machine's cores.
@@ -40,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import subprocess
@@ -73,12 +77,14 @@ def parse_args(argv=None):
     p.add_argument("--per_step_rollouts", type=int, default=None, help="(4; quick 2)")
     p.add_argument("--matmul", type=int, default=None, help="peak matmul side (2048; q 1024)")
     p.add_argument("--devices", default="1,8", help="device counts of the SFT/SAPO step")
+    p.add_argument("--option_rounds", type=int, default=None, help="XLA options A/B (3; q 1)")
     p.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.train_size = args.train_size or (64 if args.quick else 256)
     args.steps = args.steps or (1 if args.quick else 3)
     args.per_step_rollouts = args.per_step_rollouts or (2 if args.quick else 4)
     args.matmul = args.matmul or (1024 if args.quick else 2048)
+    args.option_rounds = args.option_rounds or (1 if args.quick else 3)
     args.devices = [int(d) for d in args.devices.split(",") if d]
     return args
 
@@ -330,6 +336,37 @@ def child(args, run) -> dict:
     return out
 
 
+def xla_options(args, run) -> dict:
+    """The target's SFT step compiled with `CPU_COMPILER_OPTIONS` (ours, the default on a
+    CPU mesh) and with XLA's defaults, timed in alternating rounds on the same batches."""
+    import jax
+    import jax.numpy as jnp
+
+    from dreamr_jax.training.step import CPU_COMPILER_OPTIONS
+
+    stage = build_stage(run, "target")
+    with closing_iterator(open_iterator(stage, run.source("train"), run.tokenizer(), 0)) as it:
+        batches = [prepared(stage, next(it)) for _ in range(4)]
+    cyc = itertools.cycle(batches)
+    step_ours, state = make_step(stage, compiler_options=CPU_COMPILER_OPTIONS)
+    step_xla, _ = make_step(stage, compiler_options={})
+    states = {"ours": state, "xla": jax.tree.map(jnp.copy, state)}  # each step donates its own
+    steps = {"ours": step_ours, "xla": step_xla}
+    seconds = {k: [] for k in steps}
+    for r in range(args.option_rounds):
+        for k in steps:
+            warmup = 2 if r == 0 else 0  # the first round compiles
+            states[k], s = time_steps(steps[k], states[k], lambda: next(cyc), 10, warmup)
+            seconds[k].append(s / 10)
+    mean = {k: sum(v) / len(v) for k, v in seconds.items()}
+    return {
+        "options": CPU_COMPILER_OPTIONS,
+        "step_s": seconds,
+        "mean_step_s": mean,
+        "speedup": mean["xla"] / mean["ours"],
+    }
+
+
 def pick_mesh(devices: int, rows: list[int]) -> int:
     for d in (devices, 4, 2, 1):
         if d <= devices and all(r % d == 0 for r in rows):
@@ -414,6 +451,13 @@ def main(argv=None) -> dict:
             flush=True,
         )
         del sapo
+        xo = xla_options(args, run)
+        print(
+            f"target SFT step (10 steps x {args.option_rounds} alternating rounds): "
+            f"CPU_COMPILER_OPTIONS {xo['mean_step_s']['ours'] * 1e3:.1f} ms, XLA defaults "
+            f"{xo['mean_step_s']['xla'] * 1e3:.1f} ms = {xo['speedup']:.2f}x",
+            flush=True,
+        )
         devices = run_devices(args, run, workdir)
     load1 = print_total(t0)
     result = {
@@ -425,11 +469,13 @@ def main(argv=None) -> dict:
             "warmup": args.warmup,
             "per_step_rollouts": args.per_step_rollouts,
             "matmul": args.matmul,
+            "option_rounds": args.option_rounds,
             "devices": args.devices,
             "quick": args.quick,
         },
         "sapo": res,
         "packed_vs_per_step": ps,
+        "xla_options": xo,
         "devices": devices,
         "load_avg": [load0[0], load1[0]],
         "data_stage_s": data_s,

@@ -265,14 +265,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.data.tokenizer_examples = 2000
     cfg.target_model = _text_model(hidden=128, layers=4, heads=4, kv_heads=2, seed=0, vision=128)
     cfg.draft_model = _text_model(hidden=64, layers=1, heads=2, kv_heads=1, seed=1, vision=64)
-    cfg.sft_target = _sft(steps=3000, lr=3e-3, batch=16)
+    # 2200 steps: 100% held-out accuracy and the same final loss as 3000 steps (0.065);
+    # 1500 steps reached 87.5%.
+    cfg.sft_target = _sft(steps=2200, lr=3e-3, batch=16)
     # The target also learns to judge steps, from (as written, corrupted) pairs of one step:
     # with independent rows it learned no verdicts in 3000 steps; with pairs at 30% it
     # judges the later steps in part (at 50% its own accuracy fell below 90%).
     cfg.sft_target.verify_fraction = 0.3
     cfg.sft_target.verify_pairs = True
     cfg.sft_target.verify_weight = 16  # a verdict weighs about a third of a whole chain
-    cfg.sft_target.seq_len = 144  # verification rows hold the whole chain plus the question
+    # Chains and verification rows (the whole chain plus the question): at most 126 tokens
+    # in 24,000 rows drawn from the demo's train split.
+    cfg.sft_target.seq_len = 128
     cfg.sft_draft = _sft(steps=300, lr=3e-3, batch=16)
     # The target's verdicts, fine-tuned on the SFT draft's own wrong steps (see
     # dreamr_jax.training.refine: its SFT verdicts passed 10% of the draft's right steps).

@@ -1,6 +1,7 @@
 """Smoke test of bench/train.py: a tiny ``--quick`` run ends with one JSON object holding the
-SAPO step's time split and token rates, MFU, the packed-vs-per-step scoring speedup and the
-1- and 8-device step times. No timing assertions (timings belong in bench/)."""
+SAPO step's time split and token rates, MFU, the packed-vs-per-step scoring speedup, the
+target's SFT step with and without `CPU_COMPILER_OPTIONS` and the 1- and 8-device step times.
+No timing assertions (timings belong in bench/)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def test_quick_run_prints_all_numbers_as_json(tmp_path):
         *TINY_CONFIG,
         timeout=900,
     )
-    assert {"settings", "sapo", "packed_vs_per_step", "devices"} <= set(out)
+    assert {"settings", "sapo", "packed_vs_per_step", "xla_options", "devices"} <= set(out)
     assert out["settings"]["train_size"] == 16
     sapo = out["sapo"]
     parts = {"prompts", "rollout", "scoring", "grade_rewards", "batch_logprobs", "update"}
@@ -39,6 +40,9 @@ def test_quick_run_prints_all_numbers_as_json(tmp_path):
     assert sapo["target_params"] > sapo["draft_params"] > 0
     packed = out["packed_vs_per_step"]
     assert packed["rollouts"] == 1 and packed["speedup"] > 0
+    xo = out["xla_options"]
+    assert set(xo["step_s"]) == {"ours", "xla"} and xo["speedup"] > 0
+    assert all(len(v) == out["settings"]["option_rounds"] for v in xo["step_s"].values())
     assert set(out["devices"]) == {"1", "8"}
     assert out["devices"]["1"]["devices"] == 1 and out["devices"]["8"]["devices"] == 8
     for r in out["devices"].values():

@@ -62,7 +62,12 @@ from dreamr_jax.training.optim import (
     make_optimizer,
     make_schedule,
 )
-from dreamr_jax.training.step import TrainState, init_train_state, make_train_step
+from dreamr_jax.training.step import (
+    CPU_COMPILER_OPTIONS,
+    TrainState,
+    init_train_state,
+    make_train_step,
+)
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "train_step.json"
 REGEN = os.environ.get("DREAMR_REGEN_GOLDEN") == "1"
@@ -371,6 +376,26 @@ def test_micro_batches_equal_one_batch(
     metrics, grads, _, _ = _run(step, reference, batches[name])
     want_metrics, want_grads = unsharded[name]
     assert want_metrics["token_count"] > 0 and want_metrics["grad_norm"] > 0
+    _assert_metrics_close(metrics, want_metrics)
+    _assert_grads_close(grads, want_grads)
+
+
+@pytest.mark.parametrize("name", ["sft", "sapo"])
+def test_cpu_compiler_options_change_kernels_not_the_update(name, reference, batches, unsharded):
+    """The CPU mesh's default `CPU_COMPILER_OPTIONS` against XLA's defaults (``{}``)."""
+    assert CPU_COMPILER_OPTIONS  # what the default step (``unsharded``) compiled with
+    step = make_train_step(
+        nnx.graphdef(reference),
+        OBJECTIVES[name],
+        CAPTURE,
+        mesh=_single_mesh(),
+        learning_rate=0.0,
+        group_size=G if name == "sapo" else 1,
+        donate=False,
+        compiler_options={},
+    )
+    metrics, grads, _, _ = _run(step, reference, batches[name])
+    want_metrics, want_grads = unsharded[name]
     _assert_metrics_close(metrics, want_metrics)
     _assert_grads_close(grads, want_grads)
 

@@ -44,6 +44,13 @@ from jax.sharding import PartitionSpec as P
 from dreamr_jax.rl.losses import BATCH_AXES, finalize_metrics, merge_metrics, reduce_metrics
 
 Objective = Callable[[nnx.Module, Any], tuple[jax.Array, jax.Array, Mapping[str, jax.Array]]]
+
+# XLA options of the step's compile on CPU meshes: YNNPACK fuses only dots, not reductions
+# and elementwise ops, whose own XLA loops run the backward faster (the demo target's SFT
+# step: `bench/train.py`, BENCHMARKS.md). Decoding did not gain (the demo's eval stage took
+# 93 s with XLA's defaults, 105 s with this), so only the train step sets it.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+
 # Metric names the step reports itself; an objective's finalized metrics may not reuse them.
 STEP_METRICS = ("loss", "token_count", "grad_norm", "learning_rate")
 
@@ -294,6 +301,7 @@ def make_train_step(
     group_size: int = 1,
     batch_axes: Sequence[str] = BATCH_AXES,
     donate: bool = True,
+    compiler_options: Mapping[str, Any] | None = None,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted ``step(state, batch) -> (state, metrics)``.
 
@@ -315,6 +323,8 @@ def make_train_step(
       group_size: ``G`` rollouts per prompt; every micro-batch must hold whole groups.
       batch_axes: mesh axes the rows are split over.
       donate: donate the input state's buffers to the output (the input becomes invalid).
+      compiler_options: XLA options of the step's compile; None: `CPU_COMPILER_OPTIONS`
+        when the mesh is on CPU devices, none elsewhere. ``{}`` compiles with XLA's defaults.
 
     In a multi-process run each process passes its own rows (host-local data); the step
     assembles them into the global batch (process 0's rows first).
@@ -344,6 +354,8 @@ def make_train_step(
     rows = NamedSharding(mesh, P(batch_axes))
     shards = batch_shards(mesh, batch_axes)
     compiled: dict[Any, Callable] = {}  # one jit per layout of the state
+    if compiler_options is None and all(d.platform == "cpu" for d in mesh.devices.flat):
+        compiler_options = CPU_COMPILER_OPTIONS
 
     def step(state: TrainState, batch):
         if jax.process_count() > 1:
@@ -359,6 +371,7 @@ def make_train_step(
                 in_shardings=(state_sh, rows),
                 out_shardings=(state_sh, NamedSharding(mesh, P())),
                 donate_argnums=(0,) if donate else (),
+                compiler_options=dict(compiler_options or {}),
             )
         # Numpy rows are sent straight into their shards; device arrays laid out otherwise
         # (e.g. log-probs from another jitted function) are resharded, not rejected by jit.
