@@ -304,6 +304,12 @@ def per_step_vs_packed(sapo: Sapo, rollouts, n: int) -> dict:
     }
 
 
+def pipeline_batches(stage, run, n: int) -> list:
+    """The first ``n`` train batches of ``stage``'s pipeline, prepared for its step."""
+    with closing_iterator(open_iterator(stage, run.source("train"), run.tokenizer(), 0)) as it:
+        return [prepared(stage, next(it)) for _ in range(n)]
+
+
 def child(args, run) -> dict:
     """In a subprocess on ``args.child`` devices: SFT (target) and SAPO update step times."""
     import jax
@@ -313,9 +319,7 @@ def child(args, run) -> dict:
     out = {"devices": jax.device_count(), "mesh": [run.cfg.target_mesh.data, 1, 1]}
     stage = build_stage(run, "target")
     step, state = make_step(stage)
-    with closing_iterator(open_iterator(stage, run.source("train"), run.tokenizer(), 0)) as it:
-        batches = [prepared(stage, next(it)) for _ in range(2)]
-    cyc = iter(batches * (args.warmup + args.steps + 2))
+    cyc = iter(pipeline_batches(stage, run, 2) * (args.warmup + args.steps + 2))
     _, s = time_steps(step, state, lambda: next(cyc), args.steps, args.warmup + 1)
     out["sft_target_step_ms"] = s / args.steps * 1e3
     out["sft_batch"] = stage.pipe.batch_size
@@ -336,6 +340,9 @@ def child(args, run) -> dict:
     return out
 
 
+OPTION_STEPS = 10  # timed steps of each round of `xla_options`
+
+
 def xla_options(args, run) -> dict:
     """The target's SFT step compiled with `CPU_COMPILER_OPTIONS` (ours, the default on a
     CPU mesh) and with XLA's defaults, timed in alternating rounds on the same batches."""
@@ -345,9 +352,7 @@ def xla_options(args, run) -> dict:
     from dreamr_jax.training.step import CPU_COMPILER_OPTIONS
 
     stage = build_stage(run, "target")
-    with closing_iterator(open_iterator(stage, run.source("train"), run.tokenizer(), 0)) as it:
-        batches = [prepared(stage, next(it)) for _ in range(4)]
-    cyc = itertools.cycle(batches)
+    cyc = itertools.cycle(pipeline_batches(stage, run, 4))
     step_ours, state = make_step(stage, compiler_options=CPU_COMPILER_OPTIONS)
     step_xla, _ = make_step(stage, compiler_options={})
     states = {"ours": state, "xla": jax.tree.map(jnp.copy, state)}  # each step donates its own
@@ -356,8 +361,8 @@ def xla_options(args, run) -> dict:
     for r in range(args.option_rounds):
         for k in steps:
             warmup = 2 if r == 0 else 0  # the first round compiles
-            states[k], s = time_steps(steps[k], states[k], lambda: next(cyc), 10, warmup)
-            seconds[k].append(s / 10)
+            states[k], s = time_steps(steps[k], states[k], lambda: next(cyc), OPTION_STEPS, warmup)
+            seconds[k].append(s / OPTION_STEPS)
     mean = {k: sum(v) / len(v) for k, v in seconds.items()}
     return {
         "options": CPU_COMPILER_OPTIONS,
@@ -453,7 +458,7 @@ def main(argv=None) -> dict:
         del sapo
         xo = xla_options(args, run)
         print(
-            f"target SFT step (10 steps x {args.option_rounds} alternating rounds): "
+            f"target SFT step ({OPTION_STEPS} steps x {args.option_rounds} alternating rounds): "
             f"CPU_COMPILER_OPTIONS {xo['mean_step_s']['ours'] * 1e3:.1f} ms, XLA defaults "
             f"{xo['mean_step_s']['xla'] * 1e3:.1f} ms = {xo['speedup']:.2f}x",
             flush=True,

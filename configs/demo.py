@@ -265,8 +265,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.data.tokenizer_examples = 2000
     cfg.target_model = _text_model(hidden=128, layers=4, heads=4, kv_heads=2, seed=0, vision=128)
     cfg.draft_model = _text_model(hidden=64, layers=1, heads=2, kv_heads=1, seed=1, vision=64)
-    # 2200 steps: 100% held-out accuracy and the same final loss as 3000 steps (0.065);
-    # 1500 steps reached 87.5%.
+    # 2200 steps: 100% held-out accuracy, mean loss of the last 200 steps 0.065 (3000
+    # steps: 0.067); 1500 steps reached 87.5%.
     cfg.sft_target = _sft(steps=2200, lr=3e-3, batch=16)
     # The target also learns to judge steps, from (as written, corrupted) pairs of one step:
     # with independent rows it learned no verdicts in 3000 steps; with pairs at 30% it

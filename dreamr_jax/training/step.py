@@ -47,8 +47,8 @@ Objective = Callable[[nnx.Module, Any], tuple[jax.Array, jax.Array, Mapping[str,
 
 # XLA options of the step's compile on CPU meshes: YNNPACK fuses only dots, not reductions
 # and elementwise ops, whose own XLA loops run the backward faster (the demo target's SFT
-# step: `bench/train.py`, BENCHMARKS.md). Decoding did not gain (the demo's eval stage took
-# 93 s with XLA's defaults, 105 s with this), so only the train step sets it.
+# step: `bench/train.py`, BENCHMARKS.md). Decoding did not gain (the demo's eval stage, one
+# run each: 93 s with XLA's defaults, 105 s with this), so only the train step sets it.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
 # Metric names the step reports itself; an objective's finalized metrics may not reuse them.
