@@ -9,8 +9,10 @@ r"""Engines over a dataset split: accuracy, step acceptance and speedup, measure
 The models are loaded once; every chosen engine (one run per α for the speculative ones)
 answers the first ``num_examples`` questions of the split, each answer is graded with
 `grading.grade`, and speedups are over ``target_only``'s wall time on the same requests in
-the same process (it always runs first). Before each run one request of every distinct
-input shape is run untimed (``warmup`` times), so compilation is not timed.
+the same process (it always runs first). Before an engine's first run one request of
+every distinct input shape is run untimed (``warmup`` times), so compilation is not timed;
+its runs at other α reuse what that compiled (α is an argument of the compiled
+verification pass, not a constant of it).
 
 Writes ``WORKDIR/eval/requests.jsonl`` (one line per engine, α and request),
 ``summary.json`` (`aggregate` per engine and α, plus the config) and three PNG plots, each
@@ -68,8 +70,8 @@ class EvalSection:
       engines: engines to run (of `ENGINES`); ``target_only`` is always run, first,
         because every speedup is measured against it in the same run.
       alphas: α values; each speculative engine runs once per α, the baselines once.
-      warmup: untimed passes before each (engine, α) run, to keep compilation out of the
-        timings. A pass runs one request of every distinct input shape (padded prompt
+      warmup: untimed passes before each engine's first run, to keep compilation out of
+        the timings. A pass runs one request of every distinct input shape (padded prompt
         length, image patches and grid: what the jitted steps compile for); speculative
         engines run it also with every draft step accepted and with every one rejected,
         so that both decision paths are compiled whatever α does.
@@ -343,14 +345,21 @@ def run(cfg: EvalConfig, workdir: str | os.PathLike, *, progress: bool = True) -
     roles = load_roles(prep, models)  # the first weight read: all inputs are checked
 
     warm = shape_representatives(requests) * sec.warmup
+    first = {name: i for i, (name, _) in reversed(list(enumerate(runs)))}
     rows, results, baseline = [], [], None
-    total = len(runs) * (len(warm) + len(items))
+    total = len(first) * len(warm) + len(runs) * len(items)
     with tqdm(total=total, unit="req", file=sys.stderr, disable=not progress) as bar:
-        for name, alpha in runs:
+        for i, (name, alpha) in enumerate(runs):
             verifier = cfg.verifier if alpha is None else replace(cfg.verifier, alpha=alpha)
             engine = build_engine(prep, roles, replace(cfg.spec, engine=name), verifier)
             new_rows, metrics = _run_engine(
-                engine, alpha, items, requests, warm, bar, prep.tokenizer
+                engine,
+                alpha,
+                items,
+                requests,
+                warm if first[name] == i else [],
+                bar,
+                prep.tokenizer,
             )
             rows += new_rows
             if name == "target_only":  # runs first: the baseline of every speedup

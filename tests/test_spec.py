@@ -222,6 +222,43 @@ def test_verify_window_matches_uncached_forward(pair):
     assert not bool(ok[2])  # an unused position is never accepted
 
 
+def test_verify_window_alpha_sweep_compiles_once(pair):
+    """α is a value of the compiled verification pass: windows verified at several α
+    share one compilation, and each α's decisions are exactly ``p > α`` of the same p."""
+    prompt = _request(pair).prompt_ids
+    verdict = verdict_tokens(pair.tok, VerifierConfig())
+    graphdef, state, cache, _, _ = _prefix_cache(pair, pair.target, prompt)
+    tokens = np.arange(2 * S, dtype=np.int32).reshape(1, 2, S) % 150 + 40
+    lengths = jnp.asarray([[S, S // 2]], jnp.int32)
+    core.verify_window(  # compiles for this shape (any α)
+        graphdef,
+        state,
+        jax.tree.map(jnp.copy, cache),
+        jnp.asarray(tokens),
+        lengths,
+        verdict=verdict,
+        verifier=VerifierConfig(alpha=0.5),
+    )
+    compiled = core._verify_window._cache_size()
+    ps = []
+    for alpha in (0.0, 0.3, 0.7, 1.0):
+        p, ok, _, _ = core.verify_window(
+            graphdef,
+            state,
+            jax.tree.map(jnp.copy, cache),
+            jnp.asarray(tokens),
+            lengths,
+            verdict=verdict,
+            verifier=VerifierConfig(alpha=alpha),
+        )
+        np.testing.assert_array_equal(np.asarray(ok), np.asarray(p) > alpha)
+        ps.append(np.asarray(p))
+    assert core._verify_window._cache_size() == compiled
+    for p in ps[1:]:
+        np.testing.assert_array_equal(p, ps[0])
+    assert np.asarray(ok).sum() == 0 and (ps[0] > 0.0).all()  # α = 1 rejects, α = 0 accepts
+
+
 def test_rewind_then_decode_equals_fresh_prefix(pair):
     """Accepting d_1 of a verified window by rewinding gives the same next step as a cache
     prefilled with prompt + d_1 from scratch."""

@@ -189,9 +189,6 @@ def window_layout(lengths_k, num_suffix: int, max_step_tokens: int):
     return real, offset, mask
 
 
-@functools.partial(
-    jax.jit, static_argnames=("graphdef", "verdict", "verifier"), donate_argnames=("cache",)
-)
 def verify_window(
     graphdef,
     state,
@@ -220,7 +217,27 @@ def verify_window(
       holds ``P + d_1..d_K`` in the chunk's first ``K*S`` slots (use `rewind` to keep a
       prefix of them). The engine verifies one request (``b = 1``); SAPO scoring verifies
       every step of a batch of rollouts at once.
+
+    The threshold α reaches the compiled pass as a value, not as part of its static
+    arguments: sweeping α (`dreamr_jax.eval`) compiles the pass once per shape.
     """
+    return _verify_window(
+        graphdef,
+        state,
+        cache,
+        tokens_bks,
+        lengths_bk,
+        np.float32(verifier.alpha),
+        verdict=verdict,
+        rule=dataclasses.replace(verifier, alpha=0.0),
+    )
+
+
+@functools.partial(
+    jax.jit, static_argnames=("graphdef", "verdict", "rule"), donate_argnames=("cache",)
+)
+def _verify_window(graphdef, state, cache, tokens_bks, lengths_bk, alpha, *, verdict, rule):
+    """`verify_window` with α traced; ``rule`` is the verifier with α zeroed."""
     model = merge(graphdef, state)
     b, k_len, s = tokens_bks.shape
     n_v = len(verdict.suffix)
@@ -237,7 +254,7 @@ def verify_window(
     v_last = jnp.broadcast_to(k_len * s + (jnp.arange(k_len) + 1) * n_v - 1, (b, k_len))
     picks = jnp.concatenate([d_last, v_last], axis=1)
     logits = model.logits(jnp.take_along_axis(out.logits, picks[..., None], axis=1))
-    p, ok = decide(logits[:, k_len:], verdict, verifier)
+    p, ok = decide(logits[:, k_len:], verdict, rule, alpha=alpha)
     return p, ok & (lengths_bk > 0), logits[:, :k_len], out.cache
 
 

@@ -160,10 +160,14 @@ def verdict_tokens(tokenizer, cfg: VerifierConfig) -> VerdictTokens:
     return VerdictTokens(verification_suffix(tokenizer, cfg.question), pos, neg)
 
 
-def decide(logits_bv: jax.Array, tokens: VerdictTokens, cfg: VerifierConfig):
-    """``(p, accepted)`` for verification logits; for the score rule ``p`` is score / 9."""
+def decide(logits_bv: jax.Array, tokens: VerdictTokens, cfg: VerifierConfig, *, alpha=None):
+    """``(p, accepted)`` for verification logits; for the score rule ``p`` is score / 9.
+
+    ``alpha`` (a float or a traced scalar) replaces ``cfg.alpha`` when given, so a compiled
+    caller can take the threshold as an argument instead of a compile-time constant.
+    """
     if cfg.rule == "score":
         score = score_digits(logits_bv, tokens.positive)
         return score.astype(jnp.float32) / 9.0, score >= cfg.score_threshold
     p = cpn_probability(logits_bv, tokens.positive, tokens.negative)
-    return p, accept(p, cfg.alpha)
+    return p, accept(p, cfg.alpha if alpha is None else alpha)
