@@ -14,9 +14,11 @@ python -m ruff check .
 python -m ruff format --check .
 
 # Whole test files run in parallel worker processes (pytest-xdist; a file's module fixtures
-# stay in one worker). TEST_WORKERS=0 runs everything in this process.
+# stay in one worker), handed out in collection order (tests/conftest.py puts the longest
+# files first; xdist's default would reorder them by test count). TEST_WORKERS=0 runs
+# everything in this process.
 rc=0
-python -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile "$@" || rc=$?
+python -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@" || rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "scripts/test.sh: pytest collected no tests; that is a failure." >&2
   exit 1
