@@ -345,11 +345,10 @@ def run(cfg: EvalConfig, workdir: str | os.PathLike, *, progress: bool = True) -
     roles = load_roles(prep, models)  # the first weight read: all inputs are checked
 
     warm = shape_representatives(requests) * sec.warmup
-    first = {name: i for i, (name, _) in reversed(list(enumerate(runs)))}
-    rows, results, baseline = [], [], None
-    total = len(first) * len(warm) + len(runs) * len(items)
+    rows, results, baseline, warmed = [], [], None, set()
+    total = len({name for name, _ in runs}) * len(warm) + len(runs) * len(items)
     with tqdm(total=total, unit="req", file=sys.stderr, disable=not progress) as bar:
-        for i, (name, alpha) in enumerate(runs):
+        for name, alpha in runs:
             verifier = cfg.verifier if alpha is None else replace(cfg.verifier, alpha=alpha)
             engine = build_engine(prep, roles, replace(cfg.spec, engine=name), verifier)
             new_rows, metrics = _run_engine(
@@ -357,10 +356,11 @@ def run(cfg: EvalConfig, workdir: str | os.PathLike, *, progress: bool = True) -
                 alpha,
                 items,
                 requests,
-                warm if first[name] == i else [],
+                [] if name in warmed else warm,
                 bar,
                 prep.tokenizer,
             )
+            warmed.add(name)
             rows += new_rows
             if name == "target_only":  # runs first: the baseline of every speedup
                 baseline = sum(m.wall_s for m in metrics)

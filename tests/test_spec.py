@@ -230,19 +230,9 @@ def test_verify_window_alpha_sweep_compiles_once(pair):
     graphdef, state, cache, _, _ = _prefix_cache(pair, pair.target, prompt)
     tokens = np.arange(2 * S, dtype=np.int32).reshape(1, 2, S) % 150 + 40
     lengths = jnp.asarray([[S, S // 2]], jnp.int32)
-    core.verify_window(  # compiles for this shape (any α)
-        graphdef,
-        state,
-        jax.tree.map(jnp.copy, cache),
-        jnp.asarray(tokens),
-        lengths,
-        verdict=verdict,
-        verifier=VerifierConfig(alpha=0.5),
-    )
-    compiled = core._verify_window._cache_size()
-    ps = []
-    for alpha in (0.0, 0.3, 0.7, 1.0):
-        p, ok, _, _ = core.verify_window(
+
+    def verify(alpha):
+        return core.verify_window(
             graphdef,
             state,
             jax.tree.map(jnp.copy, cache),
@@ -251,6 +241,12 @@ def test_verify_window_alpha_sweep_compiles_once(pair):
             verdict=verdict,
             verifier=VerifierConfig(alpha=alpha),
         )
+
+    verify(0.5)  # compiles for this shape (any α)
+    compiled = core._verify_window._cache_size()
+    ps = []
+    for alpha in (0.0, 0.3, 0.7, 1.0):
+        p, ok, _, _ = verify(alpha)
         np.testing.assert_array_equal(np.asarray(ok), np.asarray(p) > alpha)
         ps.append(np.asarray(p))
     assert core._verify_window._cache_size() == compiled
