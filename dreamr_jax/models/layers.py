@@ -164,6 +164,8 @@ def attend(
     # matmuls over (b, k) with the g query heads of a KV head stacked as rows: with the
     # [b, t, k, g, h] layout XLA:CPU transposed the [b, k, g, t, s] probabilities in the
     # backward pass of every layer (the demo target's SFT step: 1.06x faster this way).
+    # `attend_cached` after `to_cache_layout` computes the same, but its values layout
+    # ([h, s], for decoding) made that step as slow as the old layout (276 vs 260 ms).
     q = q_btnh.reshape(b, t, k, g, h).transpose(0, 2, 3, 1, 4).reshape(b, k, g * t, h)
     keys = k_bskh.transpose(0, 2, 1, 3)  # [b, k, s, h]
     values = v_bskh.transpose(0, 2, 1, 3)
