@@ -69,7 +69,11 @@ class EvalSection:
         difficulty); a training run evaluates with its own.
       engines: engines to run (of `ENGINES`); ``target_only`` is always run, first,
         because every speedup is measured against it in the same run.
-      alphas: α values; each speculative engine runs once per α, the baselines once.
+      alphas: α values; each speculative engine of ``sweep_engines`` runs once per α,
+        the baselines once.
+      sweep_engines: the speculative engines run at every α of ``alphas``; the other
+        speculative engines run once, at ``verifier.alpha``. Default: all of them. (A
+        sweep costs a full pass over the split per α; the demo sweeps only ``fpsr``.)
       warmup: untimed passes before each engine's first run, to keep compilation out of
         the timings. A pass runs one request of every distinct input shape (padded prompt
         length, image patches and grid: what the jitted steps compile for); speculative
@@ -86,6 +90,7 @@ class EvalSection:
     synthetic: synthetic.SyntheticConfig = synthetic.SyntheticConfig(image_size=64)
     engines: tuple[str, ...] = ENGINES
     alphas: tuple[float, ...] = (0.7,)
+    sweep_engines: tuple[str, ...] = SPECULATIVE
     warmup: int = 1
     plots: bool = True
 
@@ -110,6 +115,10 @@ class EvalSection:
             all(0.0 <= a <= 1.0 for a in self.alphas), "alphas", self.alphas, "must be in [0, 1]"
         )
         require(len(set(self.alphas)) == len(self.alphas), "alphas", self.alphas, "has repeats")
+        bad = [e for e in self.sweep_engines if e not in SPECULATIVE]
+        require(
+            not bad, "sweep_engines", self.sweep_engines, f"unknown {bad}; pick from {SPECULATIVE}"
+        )
         require(self.warmup >= 0, "warmup", self.warmup, "must be >= 0")
         self.synthetic.validate()
         return self
@@ -126,10 +135,17 @@ class EvalSection:
         default = "test" if self.dataset == "synthetic" else self.splits()[0]
         return self.split or default
 
-    def runs(self) -> list[tuple[str, float | None]]:
-        """``(engine, α)`` in run order: target_only first, baselines with α None."""
+    def runs(self, alpha: float) -> list[tuple[str, float | None]]:
+        """``(engine, α)`` in run order: target_only first, baselines with α None, engines
+        outside ``sweep_engines`` at ``alpha`` (the verifier's) only."""
         engines = ["target_only", *(e for e in self.engines if e != "target_only")]
-        return [(e, a) for e in engines for a in (self.alphas if e in SPECULATIVE else (None,))]
+
+        def alphas(engine):
+            if engine not in SPECULATIVE:
+                return (None,)
+            return self.alphas if engine in self.sweep_engines else (alpha,)
+
+        return [(e, a) for e in engines for a in alphas(e)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,7 +351,7 @@ def run(cfg: EvalConfig, workdir: str | os.PathLike, *, progress: bool = True) -
     """
     run_id = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     workdir, sec = Path(workdir), cfg.eval
-    runs = sec.runs()
+    runs = sec.runs(cfg.verifier.alpha)
     items, notes = load_items(sec, workdir)
     models = {"target": cfg.target}
     if any(engine != "target_only" for engine, _ in runs):

@@ -173,6 +173,20 @@ def test_rerun_keeps_old_outputs_and_interruption_changes_nothing(tmp_path, monk
     }
 
 
+def test_runs_sweep_only_the_sweep_engines():
+    cfg = _cfg("eval.alphas=(0.5, 0.9)", "eval.sweep_engines=('fpsr',)", "verifier.alpha=0.7")
+    assert cfg.eval.runs(cfg.verifier.alpha) == [
+        ("target_only", None),
+        ("draft_only", None),
+        ("specreason", 0.7),
+        ("lookahead", 0.7),
+        ("fpsr", 0.5),
+        ("fpsr", 0.9),
+    ]
+    every = _cfg("eval.alphas=(0.5, 0.9)", "eval.sweep_engines=('specreason', 'lookahead', 'fpsr')")
+    assert [a for e, a in every.eval.runs(0.7) if e == "lookahead"] == [0.5, 0.9]
+
+
 @pytest.mark.parametrize(
     "override,match",
     [
@@ -183,6 +197,7 @@ def test_rerun_keeps_old_outputs_and_interruption_changes_nothing(tmp_path, monk
         ("eval.num_examples=0", r"config\.eval\.num_examples=0: must be >= 1"),
         ("eval.split=dev", r"config\.eval\.split='dev': synthetic has the splits"),
         ("eval.warmup=-1", r"config\.eval\.warmup=-1"),
+        ("eval.sweep_engines=('draft_only',)", r"sweep_engines=.*unknown \['draft_only'\]"),
     ],
 )
 def test_bad_config_values_are_named(override, match):
