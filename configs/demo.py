@@ -195,6 +195,19 @@ def _refine(steps: int) -> ml_collections.ConfigDict:
     return r
 
 
+def _chains() -> ml_collections.ConfigDict:
+    # The chains sft_draft trains on (dreamr_jax.training.distill).
+    c = ml_collections.ConfigDict()
+    c.source = "reference"  # reference (the dataset's chains) or target (the target writes them)
+    c.records = 1000  # target: training questions the target answers (the first ones)
+    c.keep = "correct"  # target: keep the chains graded right (or "all")
+    c.temperature = 0.0  # target: its sampling temperature (0: greedy)
+    c.max_new_tokens = 128  # target: cap on a chain's tokens
+    c.batch_size = 32  # target: questions per generation call
+    c.seed = 0
+    return c
+
+
 def _verifier() -> ml_collections.ConfigDict:
     v = ml_collections.ConfigDict()
     v.alpha = 0.7  # α: accept a draft step iff p(yes) / (p(yes) + p(no)) > α
@@ -284,6 +297,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # in 24,000 rows drawn from the demo's train split.
     cfg.sft_target.seq_len = 128
     cfg.sft_draft = _sft(steps=300, lr=3e-3, batch=16)
+    # The reference chains: the demo's SFT target answers like them (100% after refine), and
+    # writing 1000 chains would cost time the 15-minute budget does not have.
+    cfg.sft_draft.chains = _chains()
     # The target's verdicts, fine-tuned on the SFT draft's own wrong steps (see
     # dreamr_jax.training.refine: its SFT verdicts passed 10% of the draft's right steps).
     cfg.refine_target = _refine(steps=400)

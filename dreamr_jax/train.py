@@ -9,7 +9,12 @@ Stages, in order (``stages`` selects a subset; each restores the previous one's 
   imported training set (Geo3K, ScienceQA, OCR-VQA: ``data.dataset``, ``data.source_dir``),
   whose train and val splits are imported into ``WORKDIR/data``;
 * ``sft_target``: trains the (small, demo) target from scratch on the reference chains;
-* ``sft_draft``: trains the much smaller draft the same way (its warm start);
+* ``sft_draft``: trains the much smaller draft the same way (its warm start), on the
+  reference chains or, with ``sft_draft.chains.source="target"``, on chains the SFT target
+  (or the target checkpoint) writes for training questions (`training.distill`: graded,
+  the right ones kept by default; the only SFT data an imported training set has);
+* ``refine_target``: fine-tunes the target's verdicts on the SFT draft's own steps
+  (`training.refine`);
 * ``sapo``: RL on the draft against the frozen target (`training.sapo`), reporting the
   draft's held-out acceptance and reward before and after;
 * ``export``: Hugging Face directories ``WORKDIR/export/{target,draft_sft,draft_sapo}``
@@ -25,7 +30,9 @@ files), an interrupted one continues from its last checkpoint.
 Qwen3-VL directory (`hf.load_pretrained`, straight into the role's mesh) instead of a
 built-in model; the tokenizer and image processor then come from the target's checkpoint
 (images resized to at most ``data.max_patches`` vision patches). A real-scale run skips the
-SFT stages (``stages=("data", "sapo", "export", "eval")``): a role whose SFT stage is not
+SFT stages (``stages=("data", "sapo", "export", "eval")``, or with ``"sft_draft"`` and
+``sft_draft.chains.source="target"`` to warm-start the draft on the target's chains): a role
+whose SFT stage is not
 listed and has not finished in the workdir uses its checkpoint as it is, and ``export``
 writes only what changed (the SAPO draft), pointing at the checkpoints for the rest.
 """
@@ -52,13 +59,14 @@ from dreamr_jax.models import hf
 from dreamr_jax.models.qwen3_vl import Qwen3VL
 from dreamr_jax.models.sharding import init_sharded
 from dreamr_jax.processing import ImageProcessorConfig, load_tokenizer
+from dreamr_jax.rl.rollout import chain_token_ids
 from dreamr_jax.spec.engine import check_pair
 from dreamr_jax.spec.roles import (
     DTYPES,
     ModelSection,
     check_tokenizers,
 )
-from dreamr_jax.training import demo_report
+from dreamr_jax.training import demo_report, distill
 from dreamr_jax.training.checkpoint import check_workdir
 from dreamr_jax.training.refine import run_refine
 from dreamr_jax.training.sapo import Scorer, policy_stats, run_sapo
@@ -249,13 +257,16 @@ class Run:
         if self.finished(stage) and not load_only:
             print(f"stage {stage}: finished earlier, reused", flush=True)
             return
+        source = self.source("train")
+        if role == "draft" and self.cfg.sft_draft.chains.source == "target":
+            source = self.target_chains(source)
         model, mesh = self.init_model(role)
         sec = self.cfg.sft_target if role == "target" else self.cfg.sft_draft
         sec = dataclasses.replace(sec, patches_per_row=self.patches(model.cfg))
         trained, result = run_sft(
             self.dir / stage,
             model,
-            self.source("train"),
+            source,
             self.tokenizer(),
             self.image_cfg(model.cfg),
             sec,
@@ -266,6 +277,37 @@ class Run:
         )
         self._stop_if_preempted(result)
         self.models[f"{role}_sft"] = trained
+
+    def target_chains(self, source) -> distill.ChainRecords:
+        """``sft_draft``'s records when it trains on the target's chains: written once by
+        the SFT target (or the target checkpoint) and kept in ``sft_draft/target_chains.json``
+        (a resumed run reads them back)."""
+        path = self.dir / "sft_draft" / "target_chains.json"
+        cfg = self.cfg.sft_draft.chains
+        if not path.exists():
+            target = self.model("target_sft")
+            records = [source[i] for i in range(min(cfg.records, len(source)))]
+            tokenizer = self.tokenizer()
+            eos_ids, pad_id = chain_token_ids(tokenizer)
+            chains = distill.target_chains(
+                target,
+                records,
+                tokenizer,
+                self.image_cfg(target.cfg),
+                cfg,
+                delimiter=self.cfg.spec.delimiter,
+                eos_ids=eos_ids,
+                pad_id=pad_id,
+            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            distill.save_chains(path, chains, asked=len(records))
+        chains = distill.load_chains(path)
+        print(
+            f"sft_draft: trains on {len(chains)} target-written chains "
+            f"({sum(c.correct for c in chains)} graded right)",
+            flush=True,
+        )
+        return distill.ChainRecords(source, chains)
 
     def model(self, name: str):
         """A stage's model: in memory, restored from the stage's final checkpoint, or (for

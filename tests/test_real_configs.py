@@ -363,6 +363,51 @@ def test_sapo_from_checkpoints_on_imported_geo3k(tmp_path):
     assert len((workdir / "sapo" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_sft_draft_on_target_chains_from_checkpoints_on_imported_geo3k(tmp_path):
+    """The shipped config's optional warm start at tiny scale: the target checkpoint
+    answers Geo3K's training questions and the draft checkpoint trains on its chains (the
+    SFT path of an imported set, which has no reference chains)."""
+    target = builtin_checkpoint(tmp_path / "target", "target", seed=0, dtype=jnp.float32)
+    draft = builtin_checkpoint(tmp_path / "draft", "draft", seed=1, dtype=jnp.float32)
+    cfg = _typed(
+        "sapo_qwen3vl_2b_32b",
+        (
+            "stages=('data','sft_draft')",
+            "data.max_patches=16",
+            f"target_model.checkpoint={target}",
+            f"draft_model.checkpoint={draft}",
+            f"data.source_dir={_geo3k_fixture(tmp_path / 'geometry3k')}",
+            "sft_draft.steps=2",
+            "sft_draft.batch_size=2",
+            "sft_draft.micro_batches=1",
+            "sft_draft.seq_len=256",
+            "sft_draft.optim.learning_rate=0.01",
+            "sft_draft.optim.warmup_steps=0",
+            "sft_draft.optim.total_steps=2",
+            "sft_draft.checkpoint.every_steps=1",
+            "sft_draft.checkpoint.async_save=false",
+            "sft_draft.chains.keep=all",  # random weights answer nothing right
+            "sft_draft.chains.max_new_tokens=8",
+            "sft_draft.chains.batch_size=2",
+        ),
+    )
+    workdir = tmp_path / "run"
+    notes = train.run(cfg, workdir)
+    assert set(notes["timings_s"]) == {"data", "sft_draft"}
+    chains = json.loads((workdir / "sft_draft" / "target_chains.json").read_text())
+    assert chains["summary"]["asked"] == 3 and chains["summary"]["kept"] >= 1
+    assert {c["record"] for c in chains["chains"]} <= {0, 1, 2}
+    lines = (workdir / "sft_draft" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2]
+    trained = train.Run(cfg, workdir).model("draft_sft")  # bfloat16, on the draft mesh
+    start, _ = hf.load_pretrained(draft, dtype=jnp.float32)
+    f32 = lambda x: np.asarray(jax.device_get(x), np.float32)  # noqa: E731
+    diffs = jax.tree.map(
+        lambda a, b: float(np.max(np.abs(f32(a) - f32(b)))), nnx.state(trained), nnx.state(start)
+    )
+    assert max(jax.tree.leaves(diffs)) > 0  # the checkpoint's weights were trained
+
+
 @pytest.mark.parametrize(
     "overrides, match",
     [
@@ -374,7 +419,11 @@ def test_sapo_from_checkpoints_on_imported_geo3k(tmp_path):
             ("target_model.checkpoint=", "data.dataset=synthetic"),
             r"draft_model\.checkpoint=.*needs target_model\.checkpoint too",
         ),
-        (("stages=('data','sft_draft','sapo')",), r"train on the synthetic reference chains"),
+        (
+            ("stages=('data','sft_draft','sapo')", "sft_draft.chains.source=reference"),
+            r"\['sft_draft'\] train on the synthetic reference chains",
+        ),
+        (("stages=('data','sft_target','sapo')",), r"\['sft_target'\] train on the synthetic"),
         (("data.source_dir=",), r"data\.source_dir='': the data stage needs the geo3k files"),
         (("data.dataset=mmbench",), r"data\.dataset='mmbench': must be one of"),
     ],

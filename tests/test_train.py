@@ -22,11 +22,14 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx, struct
+from tensorboardX.proto import event_pb2
 
 from dreamr_jax import config as config_lib
 from dreamr_jax import train
 from dreamr_jax.models import hf
 from dreamr_jax.models.sharding import ShardingError
+from dreamr_jax.rl.rollout import chain_token_ids
+from dreamr_jax.training import distill
 from dreamr_jax.training.checkpoint import CheckpointConfig, NonFiniteLoss, WorkdirError
 from dreamr_jax.training.loop import run_loop
 from dreamr_jax.training.train_config import STAGES
@@ -113,6 +116,47 @@ def test_loop_drops_log_lines_of_an_interrupted_run(tmp_path):
     assert steps == list(range(1, 9)) and 123.0 not in _losses(tmp_path)
 
 
+def _events(stage_dir: Path) -> list[list]:
+    """Each TensorBoard event file's events (oldest file first), read from the TFRecord
+    framing (length, its CRC, the record, its CRC) without TensorFlow."""
+    files = sorted((stage_dir / "tensorboard").glob("events.out.tfevents.*"))
+    out = []
+    for path in sorted(files, key=lambda p: p.stat().st_mtime_ns):
+        data, at, events = path.read_bytes(), 0, []
+        while at < len(data):
+            (n,) = np.frombuffer(data[at : at + 8], "<u8")
+            events.append(event_pb2.Event.FromString(data[at + 12 : at + 12 + int(n)]))
+            at += 12 + int(n) + 4
+        out.append(events)
+    return out
+
+
+def _scalars(events) -> dict[str, dict[int, float]]:
+    out: dict[str, dict[int, float]] = {}
+    for e in events:
+        for v in e.summary.value:
+            out.setdefault(v.tag, {})[e.step] = v.simple_value
+    return out
+
+
+def test_loop_writes_tensorboard_scalars_and_purges_on_resume(tmp_path):
+    _loop(tmp_path, 6)
+    (first,) = _events(tmp_path)
+    losses = _scalars(first)["loss"]
+    assert sorted(losses) == list(range(1, 7))
+    np.testing.assert_allclose([losses[i] for i in range(1, 7)], _losses(tmp_path), rtol=1e-6)
+    assert set(_scalars(first)) == {"loss", "step_s"}
+    _loop(tmp_path, 9)  # resumes from the final checkpoint, step 6
+    old, new = _events(tmp_path)
+    assert old == first
+    starts = [e for e in new if e.HasField("session_log")]
+    # The START event at step 7 makes TensorBoard drop older points from step 7 on.
+    assert [(e.step, e.session_log.status) for e in starts] == [(7, event_pb2.SessionLog.START)]
+    resumed = _scalars(new)["loss"]
+    assert sorted(resumed) == [7, 8, 9]
+    np.testing.assert_allclose([resumed[i] for i in (7, 8, 9)], _losses(tmp_path)[6:], rtol=1e-6)
+
+
 def test_loop_stops_at_nan_without_checkpointing_it(tmp_path):
     with pytest.raises(NonFiniteLoss, match="step 5"):
         run_loop(
@@ -177,6 +221,14 @@ def test_smoke_pipeline_writes_every_stage_and_the_report(smoke_run):
     assert effect["held_out_examples"] == 4  # the smoke variant's data.validation_size
     md = (workdir / "report.md").read_text()
     assert "## Checks" in md and "fpsr" in md
+    # SAPO's metrics reach TensorBoard as they reach metrics.jsonl (rewards by term, KL...).
+    logged = json.loads((workdir / "sapo" / "metrics.jsonl").read_text().splitlines()[-1])
+    (events,) = _events(workdir / "sapo")
+    scalars = _scalars(events)
+    assert set(scalars) == set(logged) - {"step"}
+    for name, value in logged.items():
+        if name != "step":
+            assert scalars[name][logged["step"]] == pytest.approx(value, rel=1e-6), name
     for png in report["plots"]["draft_sapo"]:
         assert (workdir / png).exists()
 
@@ -237,6 +289,44 @@ def test_killed_stage_resumes_with_the_same_losses(smoke_run, tmp_path):
 def _cfg(*overrides: str) -> train.TrainConfig:
     raw = config_lib.load_config(SMOKE, overrides)
     return config_lib.to_dataclass(train.TrainConfig, {k: raw[k] for k in train.SECTIONS})
+
+
+def test_sft_draft_on_target_chains(tmp_path):
+    """``sft_draft.chains.source=target``: the SFT target writes the chains once (kept in
+    sft_draft/target_chains.json), the draft trains on them, a re-run reuses both."""
+    cfg = _cfg(
+        "stages=('data','sft_target','sft_draft')",
+        "sft_draft.chains.source=target",
+        "sft_draft.chains.keep=all",  # a 4-step target answers nothing right
+        "sft_draft.chains.temperature=1.0",  # (greedy, it ends every chain at once)
+        "sft_draft.chains.records=8",
+        "sft_draft.chains.max_new_tokens=16",
+    )
+    notes = train.run(cfg, tmp_path)
+    assert {"sft_target", "sft_draft"} <= set(notes["timings_s"])
+    path = tmp_path / "sft_draft" / "target_chains.json"
+    written = json.loads(path.read_text())
+    assert written["summary"]["asked"] == 8 and written["summary"]["kept"] >= 1
+    # Written by the SFT target: the same call with that model gives the same chains.
+    run = train.Run(cfg, tmp_path)
+    target, tok = run.model("target_sft"), run.tokenizer()
+    source = run.source("train")
+    eos_ids, pad_id = chain_token_ids(tok)
+    again = distill.target_chains(
+        target,
+        [source[i] for i in range(8)],
+        tok,
+        run.image_cfg(target.cfg),
+        cfg.sft_draft.chains,
+        delimiter=cfg.spec.delimiter,
+        eos_ids=eos_ids,
+        pad_id=pad_id,
+    )
+    assert distill.load_chains(path) == again
+    assert len((tmp_path / "sft_draft" / "metrics.jsonl").read_text().splitlines()) == 2
+    stamp = path.stat().st_mtime_ns
+    train.run(cfg, tmp_path)
+    assert path.stat().st_mtime_ns == stamp
 
 
 def test_missing_previous_stage_is_named(tmp_path):

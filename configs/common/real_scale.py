@@ -137,6 +137,39 @@ def _optim(steps: int) -> ml_collections.ConfigDict:
     return o
 
 
+def sft_draft_section(max_patches: int) -> ml_collections.ConfigDict:
+    """`DraftSFTConfig`: the optional warm start of the draft on the target's chains (list
+    "sft_draft" in ``stages`` before "sapo"). The target answers the first ``records``
+    training questions greedily; the chains graded right train the draft (ours: the paper
+    does not publish its warm start)."""
+    steps = 200
+    t = ml_collections.ConfigDict()
+    t.steps = steps
+    t.batch_size = 64
+    t.seq_len = 4096  # prompt (<= 512 image tokens) + chain
+    t.patches_per_row = max_patches  # set from data.max_patches by train
+    t.micro_batches = 8
+    t.seed = 0
+    t.verify_fraction = 0.0  # the draft never judges steps
+    t.verify_weight = 1
+    t.verify_pairs = False
+    t.optim = _optim(steps)
+    t.optim.learning_rate = 1e-5  # ours: SFT moves further than the paper's RL η
+    t.checkpoint = ml_collections.ConfigDict()
+    t.checkpoint.every_steps = 50
+    t.checkpoint.keep = 2
+    t.checkpoint.async_save = True
+    c = t.chains = ml_collections.ConfigDict()
+    c.source = "target"  # the target's chains (Geo3K has no reference chains)
+    c.records = 2000  # Geo3K's train split has 2,101 problems
+    c.keep = "correct"  # rejection sampling: only chains with the right answer
+    c.temperature = 0.0
+    c.max_new_tokens = 3072  # seq_len minus the prompt
+    c.batch_size = 32
+    c.seed = 0
+    return t
+
+
 def sapo_section(steps: int, max_patches: int) -> ml_collections.ConfigDict:
     """`SAPOConfig` at the paper's scale: 64 rollouts per update, 8192 tokens at most."""
     r = ml_collections.ConfigDict()
@@ -200,6 +233,9 @@ def sapo_config(draft: str, eval_dataset: str) -> ml_collections.ConfigDict:
     cfg.draft_model.checkpoint = CHECKPOINTS[draft]  # the policy and the reference
     cfg.draft_model.dtype = "bfloat16"
 
+    # Not in stages: list "sft_draft" before "sapo" to warm-start the draft on the target's
+    # chains first (generation by the 32B target, then SFT on the draft mesh).
+    cfg.sft_draft = sft_draft_section(max_patches)
     cfg.sapo = sapo_section(steps, max_patches)
     cfg.spec = spec()  # the eval stage's engines
     cfg.verifier = verifier()

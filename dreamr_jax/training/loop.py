@@ -10,11 +10,15 @@
   a NaN stops the run, naming the step, before it can reach a checkpoint.
 * ``metrics.jsonl`` gets one line per step; on resume, lines past the restored step (from
   the interrupted run) are dropped so the file reads like an uninterrupted run.
+* The same scalars go to TensorBoard event files in ``tensorboard/`` (process 0 only:
+  ``tensorboard --logdir WORKDIR`` shows every stage). A resumed run starts a new file
+  that purges the interrupted run's points past the restored step, as the log does.
 * SIGTERM (preemptible TPUs) saves the current step and returns with ``preempted`` set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -71,6 +75,30 @@ def _trim_log(path: Path, last_step: int) -> None:
     os.replace(tmp, path)
 
 
+class _TensorBoard:
+    """Scalars to TensorBoard event files (tensorboardX: no TensorFlow needed)."""
+
+    def __init__(self, logdir: Path, start: int):
+        from tensorboardX import SummaryWriter  # Heavy import, only when a stage trains.
+
+        # purge_step: TensorBoard drops the earlier files' points from this step on. The
+        # suffix keeps two runs started in one second (tensorboardX names files by the
+        # second) from truncating each other's file.
+        self.writer = SummaryWriter(
+            str(logdir),
+            purge_step=start + 1 if start else None,
+            filename_suffix=f".{time.time_ns()}.{os.getpid()}",
+        )
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        for name, value in scalars.items():
+            if name != "step":
+                self.writer.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 def run_loop(
     stage_dir: str | os.PathLike,
     state,
@@ -87,7 +115,8 @@ def run_loop(
     """Runs ``state, metrics = step_fn(state, next_batch(step))`` up to ``steps``.
 
     Args:
-      stage_dir: the stage's directory (``checkpoints/`` and ``metrics.jsonl`` inside).
+      stage_dir: the stage's directory (``checkpoints/``, ``metrics.jsonl`` and
+        ``tensorboard/`` inside).
       state: the initial state (used when no checkpoint exists; also the restore target).
       step_fn: the jitted train step (donates ``state``).
       next_batch: ``(step, state) -> batch``; reads ``iterator`` if the stage has one
@@ -116,11 +145,13 @@ def run_loop(
             return LoopResult(state, start, already_done=True)
         _trim_log(log_path, start)
         result = LoopResult(state, start)
+        tb = _TensorBoard(stage_dir / "tensorboard", start) if jax.process_index() == 0 else None
         pending: tuple[int, Any, dict] | None = None
         t_last = time.perf_counter()
         with (
             PreemptionGuard() as guard,
             log_path.open("a") as log,
+            contextlib.closing(tb) if tb is not None else contextlib.nullcontext(),
             tqdm(total=steps, initial=start, desc=desc, dynamic_ncols=True) as bar,
         ):
 
@@ -133,9 +164,13 @@ def run_loop(
                 check_finite(host["loss"], step)
                 now = time.perf_counter()
                 host.update(extra, step=step, step_s=round(now - t_last, 4))
+                if "token_count" in host and now > t_last:  # throughput of trained tokens
+                    host["tokens_per_s"] = round(host["token_count"] / (now - t_last), 2)
                 t_last = now
                 log.write(json.dumps(host) + "\n")
                 log.flush()
+                if tb is not None:
+                    tb.write(step, host)
                 bar.set_postfix(loss=f"{host['loss']:.4f}")
                 result.last_metrics = host
                 pending = None

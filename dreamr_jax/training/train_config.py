@@ -14,6 +14,7 @@ from dreamr_jax import eval as eval_lib
 from dreamr_jax.data import synthetic
 from dreamr_jax.spec import SpecConfig, VerifierConfig
 from dreamr_jax.spec.roles import DTYPES, MeshSection, builtin_config
+from dreamr_jax.training.distill import DraftSFTConfig
 from dreamr_jax.training.refine import RefineConfig
 from dreamr_jax.training.sapo import SAPOConfig
 from dreamr_jax.training.sft import SFTConfig
@@ -137,7 +138,7 @@ class TrainConfig:
     target_model: ModelSpec = ModelSpec()
     draft_model: ModelSpec = ModelSpec(hidden_size=64, num_layers=2, head_dim=16, seed=1)
     sft_target: SFTConfig = SFTConfig()
-    sft_draft: SFTConfig = SFTConfig()
+    sft_draft: DraftSFTConfig = DraftSFTConfig()
     refine_target: RefineConfig = RefineConfig()
     sapo: SAPOConfig = SAPOConfig()
     spec: SpecConfig = SpecConfig()
@@ -166,13 +167,16 @@ class TrainConfig:
                 "needs target_model.checkpoint (the trained tokenizer covers only the "
                 "synthetic corpus)",
             )
-            sft = [s for s in self.stages if s.startswith("sft_") or s == "refine_target"]
+            sft = [s for s in self.stages if s in ("sft_target", "refine_target")]
+            if self.sft_draft.chains.source == "reference":
+                sft += [s for s in self.stages if s == "sft_draft"]
             require(
                 not sft,
                 "stages",
                 self.stages,
                 f"{sft} train on the synthetic reference chains; with an imported dataset "
-                "list only data, sapo, export and eval",
+                "list only data, sft_draft (with sft_draft.chains.source='target': the "
+                "target's chains), sapo, export and eval",
             )
             require(
                 "data" not in self.stages or bool(data.source_dir),
