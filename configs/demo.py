@@ -174,6 +174,7 @@ def _sapo(steps: int) -> ml_collections.ConfigDict:
     r.micro_batches = 1
     r.patches_per_row = 64
     r.seed = 0
+    r.log_entropy = True  # the policy's mean token entropy in the metrics
     r.optim = _optim(1e-4, warmup=2, total=steps)
     r.checkpoint = _checkpoint(every=max(1, steps // 4))
     return r

@@ -24,13 +24,15 @@ Hardware: one TPU v5p-8 host (4 chips, 95 GiB HBM each). The policy (the draft b
 trained) is FSDP-sharded over chips 0-1; the frozen **reference** shares the policy's mesh
 (it is the starting draft, a second copy of the policy's parameters in the same sharding);
 the frozen target is tensor-parallel over chips 2-3, so rollouts and target scoring use
-separate chips. Per-chip parameter memory (`tests/test_real_configs.py` computes it from
-the configured shardings): target 31.1 GiB; policy 2.0 GiB of parameters, plus gradients
-and AdamW's two moments (bf16, like the parameters) about 8 GiB, plus the reference 2.0
-GiB: about 10 GiB. The rest of the 95 GiB holds rollout KV caches and the training
-activations (8 rows of up to 8192 tokens per micro-batch); lower
-``sapo.rollout.max_new_tokens`` if a step runs out of memory. Multi-host slices need the
-same per-host layout and are not tested.
+separate chips. Rollouts decode tensor-parallel over chips 0-1 (``rollout_mesh``; FSDP would
+gather every weight for every sampled token), from a copy of the policy's weights moved
+there before each update (`training.sapo.rollout_layout`). Per-chip parameter memory
+(`tests/test_real_configs.py` computes it from the configured shardings): target 31.1 GiB;
+policy 2.0 GiB of parameters, plus gradients and AdamW's two moments (bf16, like the
+parameters) about 8 GiB, plus the reference 2.0 GiB and the rollout copy 2.0 GiB: about 12
+GiB. The rest of the 95 GiB holds rollout KV caches and the training activations (8 rows of
+up to 8192 tokens per micro-batch); lower ``sapo.rollout.max_new_tokens`` if a step runs out
+of memory. Multi-host slices need the same per-host layout and are not tested.
 
 Expected time: not measured (no TPU here). The paper trains each draft for about 74 h on
 8x H200; a v5p-8 has roughly a quarter of that peak bf16 compute, so budget days, not

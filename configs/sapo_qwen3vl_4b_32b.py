@@ -11,9 +11,11 @@ meshes and the reference's placement) with the 4B draft, evaluated on MMBench::
         --config.eval.source_dir=/data/MMBench
 
 Hardware: one TPU v5p-8 host (4 chips, 95 GiB HBM each): policy and reference FSDP over
-chips 0-1, target tensor-parallel over chips 2-3. Per-chip parameter memory (computed by
-`tests/test_real_configs.py`): target 31.1 GiB; policy 4.1 GiB of parameters, about 16.5
-GiB with gradients and AdamW's two bf16 moments, plus the reference 4.1 GiB: about 21 GiB.
+chips 0-1, rollouts tensor-parallel over the same chips (a copy of the policy's weights,
+``rollout_mesh``), target tensor-parallel over chips 2-3. Per-chip parameter memory
+(computed by `tests/test_real_configs.py`): target 31.1 GiB; policy 4.1 GiB of parameters,
+about 16.5 GiB with gradients and AdamW's two bf16 moments, plus the reference 4.1 GiB and
+the rollout copy 4.1 GiB: about 25 GiB.
 
 Expected time: not measured (no TPU here); about twice the 2B run's draft compute (the
 target's scoring is the same), and the paper reports about 74 h on 8x H200 per draft.

@@ -370,6 +370,8 @@ class Run:
         if self.finished("sapo") and not load_only:
             print("stage sapo: finished earlier, reused", flush=True)
             return
+        rollout = self.cfg.rollout_mesh
+        rollout_mesh = None if rollout is None else rollout.mesh("rollout")
         target, draft = self.model("target"), self.model("draft_sft")
         sec = dataclasses.replace(self.cfg.sapo, patches_per_row=self.patches(draft.cfg))
         image_cfg = self.image_cfg(draft.cfg)
@@ -387,6 +389,7 @@ class Run:
             sec,
             self.cfg.draft_mesh.mesh("draft"),
             config=self.raw,
+            rollout_mesh=rollout_mesh,
         )
         self._stop_if_preempted(result)
         self.models["draft_sapo"] = trained

@@ -38,6 +38,7 @@ from dreamr_jax.models.sharding import ShardingRules, make_mesh, param_shardings
 from dreamr_jax.processing import load_tokenizer
 from dreamr_jax.processing.image import ImageProcessorConfig
 from dreamr_jax.spec.roles import DTYPES, builtin_checkpoint
+from dreamr_jax.training import sapo as sapo_lib
 from dreamr_jax.training.optim import make_optimizer
 from dreamr_jax.training.sapo import make_prompts
 
@@ -236,6 +237,12 @@ def _role_memory(name: str) -> dict[str, dict[str, float]]:
                 "policy AdamW moments": params * ratio,
                 "reference params": params,
             }
+            if cfg.rollout_mesh is not None:  # the rollouts' copy, on the policy's chips
+                assert cfg.rollout_mesh.first_device == draft_mesh.first_device
+                r = cfg.rollout_mesh
+                _sharded_abstract(preset, dtype, (r.data, r.fsdp, r.tensor))
+                rollout = per_device_bytes(state, _mesh_shape(cfg.rollout_mesh)) / GIB
+                roles["draft"]["rollout params"] = rollout
     return roles
 
 
@@ -310,9 +317,19 @@ def _geo3k_fixture(root: pathlib.Path) -> pathlib.Path:
     return root
 
 
-def test_sapo_from_checkpoints_on_imported_geo3k(tmp_path):
+def test_sapo_from_checkpoints_on_imported_geo3k(tmp_path, monkeypatch):
     """The shipped 2B+32B config at tiny scale: tiny random checkpoints, Geo3K fixture,
-    stages data, sapo, export (no SFT)."""
+    stages data, sapo, export (no SFT); rollouts on their own (tensor-parallel) mesh."""
+    moved, move = [], sapo_lib.rollout_layout
+
+    def spy(params, shardings):
+        out = move(params, shardings)
+        moved.append({x.sharding for x in jax.tree.leaves(out)})
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(out), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # a move, not a change
+        return out
+
+    monkeypatch.setattr(sapo_lib, "rollout_layout", spy)
     target = builtin_checkpoint(tmp_path / "target", "target", seed=0, dtype=jnp.float32)
     draft = builtin_checkpoint(tmp_path / "draft", "draft", seed=1, dtype=jnp.float32)
     source = _geo3k_fixture(tmp_path / "geometry3k")
@@ -328,6 +345,12 @@ def test_sapo_from_checkpoints_on_imported_geo3k(tmp_path):
     workdir = tmp_path / "run"
     notes = train.run(cfg, workdir)
     assert set(notes["timings_s"]) == {"data", "sapo", "export"}
+    # Each update's rollouts ran on the rollout mesh: the policy's chips 0-1, tensor-parallel.
+    assert len(moved) == 2
+    for shardings in moved:
+        assert {sh.mesh.devices.flat[0].id for sh in shardings} == {0}
+        assert {dict(sh.mesh.shape)["tensor"] for sh in shardings} == {2}
+        assert any("tensor" in str(sh.spec) for sh in shardings)
 
     assert not (workdir / "tokenizer").exists()  # the checkpoint's tokenizer, not a trained one
     assert len(import_tfds.load("geo3k", workdir / "data", "train")) == 3

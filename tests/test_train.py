@@ -223,6 +223,8 @@ def test_smoke_pipeline_writes_every_stage_and_the_report(smoke_run):
     assert "## Checks" in md and "fpsr" in md
     # SAPO's metrics reach TensorBoard as they reach metrics.jsonl (rewards by term, KL...).
     logged = json.loads((workdir / "sapo" / "metrics.jsonl").read_text().splitlines()[-1])
+    want = {"loss", "kl", "entropy", "clip_frac", "grad_norm", "tokens_per_s"}
+    assert want | {"reward_outcome", "reward_draft", "reward_length", "acceptance"} <= set(logged)
     (events,) = _events(workdir / "sapo")
     scalars = _scalars(events)
     assert set(scalars) == set(logged) - {"step"}

@@ -198,6 +198,9 @@ def sapo_section(steps: int, max_patches: int) -> ml_collections.ConfigDict:
     r.micro_batches = 8  # one group of G = 8 rollouts per micro-batch
     r.patches_per_row = max_patches  # set from data.max_patches by train
     r.seed = 0
+    # The policy's token entropy costs one more softmax over [rows, 8192, 151,936] per
+    # micro-batch: off at this scale (turn on to watch for entropy collapse).
+    r.log_entropy = False
     r.optim = _optim(steps)
     r.checkpoint = ml_collections.ConfigDict()
     r.checkpoint.every_steps = 25  # save period (the final step is always saved)
@@ -243,4 +246,7 @@ def sapo_config(draft: str, eval_dataset: str) -> ml_collections.ConfigDict:
     cfg.eval.num_examples = 200  # with the starting and the SAPO draft: 2 x 2 passes
     cfg.target_mesh = mesh(tensor=2, first_device=2)
     cfg.draft_mesh = mesh(fsdp=2, first_device=0)
+    # Rollouts decode tensor-parallel on the policy's chips: FSDP would gather every weight
+    # for every sampled token. The policy's weights move there once per update.
+    cfg.rollout_mesh = mesh(tensor=2, first_device=0)
     return cfg

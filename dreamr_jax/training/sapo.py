@@ -32,6 +32,7 @@ from dreamr_jax.config import require
 from dreamr_jax.data import questions
 from dreamr_jax.data.grading import final_answer, match_answer
 from dreamr_jax.data.questions import Question
+from dreamr_jax.models.sharding import param_shardings
 from dreamr_jax.processing.image import ImageProcessorConfig, preprocess_images
 from dreamr_jax.processing.prompt import build_prompt
 from dreamr_jax.rl.advantages import group_advantages
@@ -69,6 +70,8 @@ class SAPOConfig:
       micro_batches: gradient accumulation (each micro-batch holds whole groups).
       patches_per_row: static image patches per rollout row.
       seed: prompt order and sampling seed.
+      log_entropy: log the policy's mean token entropy over the completion tokens (one
+        more softmax over ``[rows, tokens, vocab]`` per update).
       optim: AdamW settings (the paper: lr 1e-6 at real scale).
       checkpoint: save period and retention.
     """
@@ -85,6 +88,7 @@ class SAPOConfig:
     micro_batches: int = 1
     patches_per_row: int = 64
     seed: int = 0
+    log_entropy: bool = True
     optim: OptimConfig = OptimConfig(learning_rate=1e-5, warmup_steps=5, total_steps=50)
     checkpoint: CheckpointConfig = CheckpointConfig(every_steps=10, keep=2)
 
@@ -249,6 +253,13 @@ def prompt_iterator(source: Sequence, cfg: SAPOConfig):
     return iter(ds.to_iter_dataset())
 
 
+def rollout_layout(params: nnx.State, shardings: nnx.State) -> nnx.State:
+    """The policy's parameters moved from the trainer's layout into the rollout's
+    (``shardings``: `param_shardings` of the policy on the rollout mesh). The one place
+    weights cross between the two: a copy per update, the trainer's arrays stay put."""
+    return jax.device_put(params, shardings)
+
+
 def run_sapo(
     stage_dir: str | os.PathLike,
     policy,
@@ -260,9 +271,15 @@ def run_sapo(
     mesh: jax.sharding.Mesh,
     *,
     config: Mapping | None = None,
+    rollout_mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[object, LoopResult]:
     """Runs SAPO on ``policy`` (the starting draft, also the frozen reference) against the
     frozen ``target``; resumes from ``stage_dir``.
+
+    The policy trains on ``mesh`` (with the reference); its rollouts run on
+    ``rollout_mesh`` when given (e.g. tensor-parallel decoding while training is FSDP),
+    its weights moved there by `rollout_layout` before every update's rollouts, else on
+    ``mesh``.
 
     Returns:
       ``(trained policy, LoopResult)``; ``policy`` itself is left unchanged.
@@ -272,9 +289,14 @@ def run_sapo(
     # The train state owns a copy (the step donates it); ``policy``'s arrays stay valid
     # and serve as the frozen reference.
     trainee = nnx.merge(graphdef, jax.tree.map(jnp.copy, ref_params))
+    to_rollout = None
+    if rollout_mesh is not None:
+        to_rollout = param_shardings(nnx.state(trainee, nnx.Param), rollout_mesh)
     tx = make_optimizer(cfg.optim)
     state = init_train_state(trainee, tx)
-    objective = functools.partial(sapo_objective, clip_eps=cfg.clip_eps, kl_beta=cfg.kl_beta)
+    objective = functools.partial(
+        sapo_objective, clip_eps=cfg.clip_eps, kl_beta=cfg.kl_beta, entropy=cfg.log_entropy
+    )
     step_fn = make_train_step(
         graphdef,
         objective,
@@ -289,7 +311,8 @@ def run_sapo(
     last: dict[str, float] = {}
 
     def next_batch(step: int, state):
-        policy_now = nnx.merge(graphdef, state.params)
+        params = state.params if to_rollout is None else rollout_layout(state.params, to_rollout)
+        policy_now = nnx.merge(graphdef, params)
         rng = jax.random.fold_in(jax.random.key(cfg.seed), step)
         scored = scorer(policy_now, next(iterator), rng)
         last.clear()

@@ -146,6 +146,8 @@ class TrainConfig:
     eval: EvalSection = EvalSection()
     target_mesh: MeshSection = MeshSection()
     draft_mesh: MeshSection = MeshSection()
+    # SAPO's rollouts: None runs them on draft_mesh (where the policy trains).
+    rollout_mesh: MeshSection | None = None
 
     def validate(self):
         require = config_lib.require
