@@ -252,6 +252,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     cfg.target_mesh = _mesh()
     cfg.draft_mesh = _mesh()
+    # SAPO's rollouts (train only): the policy's weights move here each update, unless it
+    # is draft_mesh's (where the policy trains), as here.
+    cfg.rollout_mesh = _mesh()
 
     # python -m dreamr_jax.eval: engines over a dataset split (infer ignores this section).
     cfg.eval = ml_collections.ConfigDict()

@@ -257,10 +257,10 @@ class Run:
         if self.finished(stage) and not load_only:
             print(f"stage {stage}: finished earlier, reused", flush=True)
             return
+        model, mesh = self.init_model(role)  # first: names a missing data stage
         source = self.source("train")
         if role == "draft" and self.cfg.sft_draft.chains.source == "target":
             source = self.target_chains(source)
-        model, mesh = self.init_model(role)
         sec = self.cfg.sft_target if role == "target" else self.cfg.sft_draft
         sec = dataclasses.replace(sec, patches_per_row=self.patches(model.cfg))
         trained, result = run_sft(
@@ -370,8 +370,7 @@ class Run:
         if self.finished("sapo") and not load_only:
             print("stage sapo: finished earlier, reused", flush=True)
             return
-        rollout = self.cfg.rollout_mesh
-        rollout_mesh = None if rollout is None else rollout.mesh("rollout")
+        rollout_mesh = self.cfg.rollout_mesh.mesh("rollout")
         target, draft = self.model("target"), self.model("draft_sft")
         sec = dataclasses.replace(self.cfg.sapo, patches_per_row=self.patches(draft.cfg))
         image_cfg = self.image_cfg(draft.cfg)

@@ -237,7 +237,7 @@ def _role_memory(name: str) -> dict[str, dict[str, float]]:
                 "policy AdamW moments": params * ratio,
                 "reference params": params,
             }
-            if cfg.rollout_mesh is not None:  # the rollouts' copy, on the policy's chips
+            if cfg.rollout_mesh != draft_mesh:  # the rollouts' copy, on the policy's chips
                 assert cfg.rollout_mesh.first_device == draft_mesh.first_device
                 r = cfg.rollout_mesh
                 _sharded_abstract(preset, dtype, (r.data, r.fsdp, r.tensor))

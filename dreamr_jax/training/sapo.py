@@ -277,9 +277,9 @@ def run_sapo(
     frozen ``target``; resumes from ``stage_dir``.
 
     The policy trains on ``mesh`` (with the reference); its rollouts run on
-    ``rollout_mesh`` when given (e.g. tensor-parallel decoding while training is FSDP),
-    its weights moved there by `rollout_layout` before every update's rollouts, else on
-    ``mesh``.
+    ``rollout_mesh`` when given and different (e.g. tensor-parallel decoding while training
+    is FSDP), its weights moved there by `rollout_layout` before every update's rollouts,
+    else on ``mesh``.
 
     Returns:
       ``(trained policy, LoopResult)``; ``policy`` itself is left unchanged.
@@ -290,7 +290,7 @@ def run_sapo(
     # and serve as the frozen reference.
     trainee = nnx.merge(graphdef, jax.tree.map(jnp.copy, ref_params))
     to_rollout = None
-    if rollout_mesh is not None:
+    if rollout_mesh is not None and rollout_mesh != mesh:
         to_rollout = param_shardings(nnx.state(trainee, nnx.Param), rollout_mesh)
     tx = make_optimizer(cfg.optim)
     state = init_train_state(trainee, tx)

@@ -146,8 +146,9 @@ class TrainConfig:
     eval: EvalSection = EvalSection()
     target_mesh: MeshSection = MeshSection()
     draft_mesh: MeshSection = MeshSection()
-    # SAPO's rollouts: None runs them on draft_mesh (where the policy trains).
-    rollout_mesh: MeshSection | None = None
+    # SAPO's rollouts; the policy's weights move there each update unless it equals
+    # draft_mesh (where the policy trains).
+    rollout_mesh: MeshSection = MeshSection()
 
     def validate(self):
         require = config_lib.require
