@@ -203,7 +203,7 @@ def _chains() -> ml_collections.ConfigDict:
     c.records = 1000  # target: training questions the target answers (the first ones)
     c.keep = "correct"  # target: keep the chains graded right (or "all")
     c.temperature = 0.0  # target: its sampling temperature (0: greedy)
-    c.max_new_tokens = 128  # target: cap on a chain's tokens
+    c.max_new_tokens = 80  # target: cap on a chain's tokens (prompt + chain <= seq_len)
     c.batch_size = 32  # target: questions per generation call
     c.seed = 0
     return c

@@ -155,3 +155,12 @@ def test_no_usable_chain_is_a_clear_error():
 def test_config_is_checked(change, match):
     with pytest.raises(ValueError, match=match):
         distill.ChainsConfig(**change).validate()
+
+
+def test_chains_must_fit_the_rows():
+    chains = distill.ChainsConfig(source="target", max_new_tokens=128)
+    with pytest.raises(ValueError, match=r"max_new_tokens=128: must leave room.*seq_len=128"):
+        distill.DraftSFTConfig(seq_len=128, chains=chains).validate()
+    distill.DraftSFTConfig(seq_len=256, chains=chains).validate()
+    reference = distill.ChainsConfig(max_new_tokens=128)  # the reference chains: not used
+    distill.DraftSFTConfig(seq_len=128, chains=reference).validate()

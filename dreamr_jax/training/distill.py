@@ -79,6 +79,13 @@ class DraftSFTConfig(SFTConfig):
     def validate(self) -> DraftSFTConfig:
         super().validate()
         self.chains.validate()
+        require(
+            self.chains.source == "reference" or self.chains.max_new_tokens < self.seq_len,
+            "chains.max_new_tokens",
+            self.chains.max_new_tokens,
+            f"must leave room for the prompt in seq_len={self.seq_len} (a row is prompt + "
+            "chain): lower it or raise seq_len",
+        )
         return self
 
 
