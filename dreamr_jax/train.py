@@ -284,7 +284,9 @@ class Run:
         (a resumed run reads them back)."""
         path = self.dir / "sft_draft" / "target_chains.json"
         cfg = self.cfg.sft_draft.chains
-        if not path.exists():
+        if path.exists():
+            chains = distill.load_chains(path)
+        else:
             target = self.model("target_sft")
             records = [source[i] for i in range(min(cfg.records, len(source)))]
             tokenizer = self.tokenizer()
@@ -301,7 +303,6 @@ class Run:
             )
             path.parent.mkdir(parents=True, exist_ok=True)
             distill.save_chains(path, chains, asked=len(records))
-        chains = distill.load_chains(path)
         print(
             f"sft_draft: trains on {len(chains)} target-written chains "
             f"({sum(c.correct for c in chains)} graded right)",

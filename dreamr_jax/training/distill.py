@@ -121,7 +121,6 @@ def target_chains(
       eos_ids, pad_id: tokens that end a chain, and padding.
     """
     cfg.validate()
-    prompts, qs = make_prompts(records, tokenizer, image_cfg)
     sampling = SamplingConfig(
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
@@ -132,17 +131,19 @@ def target_chains(
     steps_cfg = StepConfig(delimiter=delimiter)
     rng = jax.random.key(cfg.seed)
     out = []
-    for start in range(0, len(qs), cfg.batch_size):
-        rows = list(range(start, min(start + cfg.batch_size, len(qs))))
-        batch = prompts.take(rows).batch(target.cfg, pad_id=pad_id)
+    for start in range(0, len(records), cfg.batch_size):
+        # One batch's prompts at a time: at real scale every image's patches at once
+        # would not fit in host memory.
+        prompts, qs = make_prompts(records[start : start + cfg.batch_size], tokenizer, image_cfg)
+        batch = prompts.batch(target.cfg, pad_id=pad_id)
         gen = generate(target, batch, sampling, rng=jax.random.fold_in(rng, start))
         tokens, lengths = np.asarray(gen.tokens), np.asarray(gen.lengths)
-        for r, i in enumerate(rows):
+        for r, q in enumerate(qs):
             text = tokenizer.decode(tokens[r, : lengths[r]], skip_special_tokens=True)
             steps = tuple(s.strip() for s in split_steps(text, steps_cfg) if s.strip())
             if not steps:
                 continue
-            q = qs[i]
+            i = start + r
             right = grading.grade(text, q.gold, answer_type=q.answer_type, choices=q.choices)
             if right or cfg.keep == "all":
                 out.append(Chain(i, steps, bool(right)))
