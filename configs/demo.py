@@ -143,6 +143,7 @@ def _sft(steps: int, lr: float, batch: int) -> ml_collections.ConfigDict:
     t.verify_fraction = 0.0  # share of verification examples (the verifier's task)
     t.verify_weight = 1  # loss weight of a verification example's verdict token
     t.verify_pairs = False  # verification rows as (as written, corrupted) pairs of one step
+    t.cache_records = 8192  # records kept decoded in memory after their first read (0: none)
     t.optim = _optim(lr, warmup=min(20, steps // 5), total=steps)
     t.checkpoint = _checkpoint(every=max(1, steps // 4))
     return t

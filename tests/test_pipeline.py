@@ -171,6 +171,7 @@ def test_overlong_examples_can_be_skipped(data):
         ("worker_count", -1),
         ("drop_remainder", False),
         ("seed", -2),
+        ("cache_records", -1),
     ],
 )
 def test_config_errors_name_the_field(field, value):
@@ -199,6 +200,35 @@ def _assert_same_batches(want_batches, got_batches):
         assert want.keys() == got.keys()
         for k in want:
             np.testing.assert_array_equal(want[k], got[k], err_msg=k)
+
+
+class _CountingSource:
+    """A source that counts the reads of each index."""
+
+    def __init__(self, source):
+        self.source, self.reads = source, collections.Counter()
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index):
+        self.reads[index] += 1
+        return self.source[index]
+
+
+@pytest.mark.parametrize("cache", [12, 5])
+def test_record_cache_saves_reads_and_changes_no_batch(data, cache):
+    source, tokenizer = data
+    # 3 epochs of 12 records; one read thread, so no two reads of one record overlap.
+    cfg = dataclasses.replace(CFG, num_epochs=3, read_threads=1, verify_fraction=0.5)
+    want = _batches(data, cfg)
+    counting = _CountingSource(source)
+    cached = dataclasses.replace(cfg, cache_records=cache)
+    got = list(pipeline.make_dataset(counting, cached, tokenizer, IMAGE_CFG))
+    _assert_same_batches(want, got)  # later epochs come from the cache, unchanged
+    # The first `cache` records read are read once; any others, once per epoch.
+    want_reads = +collections.Counter({1: cache, 3: 12 - cache})  # + drops a zero count
+    assert collections.Counter(counting.reads.values()) == want_reads
 
 
 def test_orbax_saved_iterator_resumes_identically(data, tmp_path):

@@ -452,6 +452,17 @@ def test_image_chat_template_is_build_prompt(tokenizer_dir, strip):
             chats.append((q, grid, a))
             want_ids.append(ids)
     assert chat.encode(chats) == want_ids
+    # Generation prompts are now remembered by question: the same ids again, and at
+    # another image size.
+    assert set(chat._prompts) == set(QUESTIONS)
+    assert chat.encode(chats) == want_ids
+    other = np.array([[1, 6, 4]])
+    prompts = [(q, other, None) for q in QUESTIONS]
+    want = [
+        build_prompt(tokenizer, _chat(q, None), g, add_generation_prompt=True)[0]
+        for q, g, _ in prompts
+    ]
+    assert chat.encode(prompts) == want
     chat._expand_ids = False  # the expanded texts' tokenisation: the same ids
     assert chat.encode(chats) == want_ids
 

@@ -153,6 +153,7 @@ def sft_draft_section(max_patches: int) -> ml_collections.ConfigDict:
     t.verify_fraction = 0.0  # the draft never judges steps
     t.verify_weight = 1
     t.verify_pairs = False
+    t.cache_records = 0  # the target's chains are held in memory already
     t.optim = _optim(steps)
     t.optim.learning_rate = 1e-5  # ours: SFT moves further than the paper's RL η
     t.checkpoint = ml_collections.ConfigDict()

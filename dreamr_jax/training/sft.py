@@ -40,6 +40,9 @@ class SFTConfig:
         chain token (`PipelineConfig.verify_weight`).
       verify_pairs: verification examples come in contrast pairs, one step as written and
         corrupted in adjacent rows (`PipelineConfig.verify_pairs`; needs an even batch).
+      cache_records: records the pipeline keeps decoded in host memory after their first
+        read (`PipelineConfig.cache_records`; 0: none). Worth it when the training set fits
+        in memory and is read for several epochs, as the demo's.
       optim: AdamW + warmup/cosine settings.
       checkpoint: save period and retention.
     """
@@ -53,6 +56,7 @@ class SFTConfig:
     verify_fraction: float = 0.0
     verify_weight: int = 1
     verify_pairs: bool = False
+    cache_records: int = 0
     optim: OptimConfig = OptimConfig(learning_rate=1e-3, warmup_steps=20, total_steps=200)
     checkpoint: CheckpointConfig = CheckpointConfig(every_steps=50, keep=2)
 
@@ -74,6 +78,9 @@ class SFTConfig:
             "must be in [0, 1]",
         )
         require(self.verify_weight >= 1, "verify_weight", self.verify_weight, "must be >= 1")
+        require(
+            self.cache_records >= 0, "cache_records", self.cache_records, "must be >= 0 (0: none)"
+        )
         require(
             isinstance(self.verify_pairs, bool), "verify_pairs", self.verify_pairs, "must be a bool"
         )
@@ -105,6 +112,7 @@ def pipeline_config(
         verify_pairs=cfg.verify_pairs,
         verify_question=verifier.question,
         verify_words=(verifier.positive_words[0], verifier.negative_words[0]),
+        cache_records=cfg.cache_records,
     )
 
 
