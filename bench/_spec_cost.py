@@ -93,7 +93,7 @@ def measure_components(eng, req, reps: int) -> dict:
         out[f"step_{name}"] = median_time(
             lambda role=role: fresh(role)[::-1],
             lambda c, logits, role=role, name=name: core.write_step(
-                role.graphdef, role.state, c, logits, key, on, eng.tables[name], dec=eng.dec
+                role.graphdef, role.state, c, logits, key, 1, on, eng.tables[name], dec=eng.dec
             ),
             reps,
         )
@@ -157,6 +157,7 @@ def rows(eng, k, n, cache, logits, step_logits, lengths_k, base):
         forked,
         logits,
         jax.random.key(0),
+        1,
         jnp.ones((k,), bool),
         eng.tables["target"],
         dec=eng.dec,

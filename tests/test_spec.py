@@ -276,7 +276,7 @@ def test_rewind_then_decode_equals_fresh_prefix(pair):
     )
     cache = core.rewind(cache, base + S, [pos + 3])
     eng = _engine(pair, "target_only")
-    args = (jax.random.key(0), jnp.ones((1,), bool), eng.tables["target"])
+    args = (jax.random.key(0), 1, jnp.ones((1,), bool), eng.tables["target"])
     out, _ = core.write_step(graphdef, state, cache, step_logits[:, 0], *args, dec=eng.dec)
     g2, s2, fresh, logits, _ = _prefix_cache(pair, pair.target, prompt + steps[0])
     want, _ = core.write_step(g2, s2, fresh, logits, *args, dec=eng.dec)

@@ -114,13 +114,14 @@ def _write_step(model, cache: KVCache, logits_bv, rng, active_b, tables: StepTab
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "dec"), donate_argnames=("cache",))
-def write_step(graphdef, state, cache, logits_bv, rng, active_b, tables, *, dec: StepDecode):
+def write_step(graphdef, state, cache, logits_bv, rng, call, active_b, tables, *, dec: StepDecode):
     """Samples one step per active row, writing every token into ``cache`` (donated).
 
     Args:
       cache: the rows' caches, ending where the step starts.
       logits_bv: ``[b, v]`` next-token logits at that point.
-      rng: PRNG key (unused when greedy).
+      rng, call: the step samples with ``fold_in(rng, call)`` (unused when greedy); folded
+        here, not by the caller, which would cost an eager dispatch per step.
       active_b: ``[b]`` bool; inactive rows produce an empty step and leave no real slot.
       tables: `StepTables`.
 
@@ -128,7 +129,14 @@ def write_step(graphdef, state, cache, logits_bv, rng, active_b, tables, *, dec:
       ``(StepOutput, cache)``; the write head advances by the longest step.
     """
     model = merge(graphdef, state)
+    rng = jax.random.fold_in(rng, call)
     return _write_step(model, cache, logits_bv, rng, active_b, tables, dec)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def new_cache(cfg, batch: int, length: int, dtype) -> KVCache:
+    """`KVCache.init` as one compiled call (eagerly it is one dispatch per array)."""
+    return KVCache.init(cfg, batch, length, dtype)
 
 
 def _last_logits(model, hidden_btd, lengths_b):

@@ -251,6 +251,13 @@ class SpecEngine:
         vocab = target.cfg.text.vocab_size
         tables = core.step_tables(tokenizer, vocab, cfg.delimiter, self.eos_ids)
         self.tables = {"draft": draft.put(tables), "target": target.put(tables)}
+        # Made once, not per request or step: each eager op is a dispatch (~0.1-0.2 ms).
+        self.rng = jax.random.key(cfg.seed)
+        one = np.ones((1,), bool)
+        self.one_row = {
+            "draft": draft.put(jnp.asarray(one)),
+            "target": target.put(jnp.asarray(one)),
+        }
 
     # ------------------------------------------------------------------ requests
 
@@ -358,7 +365,6 @@ class _Run:
         self.steps: list[Step] = []
         self.decisions: list[Decision] = []
         self.done = False
-        self.rng = jax.random.key(eng.cfg.seed)
         self.calls = 0
         cfg = eng.target.cfg
         batch = make_batch(
@@ -382,27 +388,28 @@ class _Run:
         """The role's head, prefilling the prompt on first use."""
         if name not in self.heads:
             role = self.role(name)
-            cache = KVCache.init(role.cfg.text, 1, self.length, role.dtype)
+            cache = core.new_cache(role.cfg.text, 1, self.length, role.dtype)
             logits, cache = prefill(role.graphdef, role.state, role.put(self.batch), cache)
             self.heads[name] = _Head(cache, logits, self.batch.shape[1], self.start_pos)
             if name == "target":
                 self.m.target_passes += 1
         return self.heads[name]
 
-    def key(self):
+    def key(self) -> tuple[jax.Array, np.uint32]:
+        """``(rng, call)``: a step samples with ``fold_in(rng, call)`` (`core.write_step`)."""
         self.calls += 1
-        return jax.random.fold_in(self.rng, self.calls)
+        return self.eng.rng, np.uint32(self.calls)
 
     def write(self, name: str, head: _Head, active=None):
         """Dispatches one step from ``head``; returns ``(StepOutput, cache)`` (async)."""
+        active = self.eng.one_row[name] if active is None else active
         role = self.role(name)
-        active = role.put(jnp.ones((1,), bool)) if active is None else active
         return core.write_step(
             role.graphdef,
             role.state,
             head.cache,
             head.logits,
-            self.key(),
+            *self.key(),
             active,
             self.eng.tables[name],
             dec=self.eng.dec,
@@ -440,7 +447,7 @@ class _Run:
         """Dispatches K draft steps from ``head`` without waiting; steps after an
         end-of-sequence are empty. Returns ``(outputs, final cache)``."""
         outs, cache, logits = [], head.cache, head.logits
-        active = self.role("draft").put(jnp.ones((1,), bool))
+        active = self.eng.one_row["draft"]
         for _ in range(k):
             out, cache = self.write("draft", _Head(cache, logits, 0, 0), active)
             outs.append(out)
@@ -542,7 +549,7 @@ class _Run:
             eng.target.state,
             forked,
             logits,
-            self.key(),
+            *self.key(),
             active,
             eng.tables["target"],
             dec=eng.dec,
