@@ -111,9 +111,9 @@ class PipelineConfig:
       verify_words: the (positive, negative) verdict words; their first tokens are trained.
       cache_records: keep up to this many records in host memory, decoded, after their
         first read (big_vision's ``cache_raw``); later epochs skip the record parsing and
-        PNG decoding, ~40% of a batch's work (bench/data.py). Costs about the decoded
-        images' bytes (the demo's 1,024 64 px records: 12.6 MB); each worker process
-        holds its own. 0 caches nothing. Batches are the same either way.
+        PNG decoding, a third or more of a batch's work (bench/data.py). Costs about the
+        decoded images' bytes (the demo's 1,024 64 px records: 12.6 MB); each worker
+        process holds its own. 0 caches nothing. Batches are the same either way.
     """
 
     batch_size: int = 8
