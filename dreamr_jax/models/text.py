@@ -53,14 +53,9 @@ class KVCache:
 
     @classmethod
     def init(cls, cfg: TextConfig, batch: int, length: int, dtype=jnp.float32) -> KVCache:
-        rows, h = batch * cfg.num_kv_heads, cfg.head_dim
-        return cls(
-            k=tuple(jnp.zeros((rows, length, h), dtype) for _ in range(cfg.num_layers)),
-            v=tuple(jnp.zeros((rows, h, length), dtype) for _ in range(cfg.num_layers)),
-            mask=jnp.zeros((batch, length), bool),
-            index=jnp.zeros((), jnp.int32),
-            next_pos=jnp.zeros((batch,), jnp.int32),
-        )
+        """An empty cache, made by one compiled call (eagerly, each of its 2 x layers + 3
+        arrays would be a dispatch of its own, ~0.1 ms each on a CPU)."""
+        return _empty_cache(cfg, batch, length, dtype)
 
     def layer_kv(self, layer: int) -> tuple[jax.Array, jax.Array]:
         """Layer ``layer``'s keys and values as ``[b, s, k, h]`` (for inspection)."""
@@ -68,6 +63,18 @@ class KVCache:
         k = self.k[layer].reshape(b, -1, s, self.k[layer].shape[-1]).transpose(0, 2, 1, 3)
         v = self.v[layer].reshape(b, -1, self.v[layer].shape[1], s).transpose(0, 3, 1, 2)
         return k, v
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _empty_cache(cfg: TextConfig, batch: int, length: int, dtype) -> KVCache:
+    rows, h = batch * cfg.num_kv_heads, cfg.head_dim
+    return KVCache(
+        k=tuple(jnp.zeros((rows, length, h), dtype) for _ in range(cfg.num_layers)),
+        v=tuple(jnp.zeros((rows, h, length), dtype) for _ in range(cfg.num_layers)),
+        mask=jnp.zeros((batch, length), bool),
+        index=jnp.zeros((), jnp.int32),
+        next_pos=jnp.zeros((batch,), jnp.int32),
+    )
 
 
 def mrope_cos_sin(positions_3bt: jax.Array, cfg: TextConfig) -> tuple[jax.Array, jax.Array]:

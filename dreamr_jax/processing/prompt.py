@@ -343,8 +343,10 @@ class ImageChatTemplate:
         if self._expand_ids:
             # A generation prompt's ids (one image token) depend on its question only: ids
             # tokenised before are reused (a training set's questions recur every epoch).
-            cached = [self._prompts.get(q) if a is None else None for q, _, a in chats]
-            rows = [None if c is None else c.tolist() for c in cached]
+            rows = [
+                self._prompts[q].tolist() if a is None and q in self._prompts else None
+                for q, _, a in chats
+            ]
             todo = [i for i, row in enumerate(rows) if row is None]
             texts = [self._render(chats[i][0], chats[i][2]) for i in todo]
             ids = self._tokenize(texts) if texts else []

@@ -133,12 +133,6 @@ def write_step(graphdef, state, cache, logits_bv, rng, call, active_b, tables, *
     return _write_step(model, cache, logits_bv, rng, active_b, tables, dec)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def new_cache(cfg, batch: int, length: int, dtype) -> KVCache:
-    """`KVCache.init` as one compiled call (eagerly it is one dispatch per array)."""
-    return KVCache.init(cfg, batch, length, dtype)
-
-
 def _last_logits(model, hidden_btd, lengths_b):
     last = jnp.take_along_axis(hidden_btd, jnp.maximum(lengths_b - 1, 0)[:, None, None], axis=1)
     return model.logits(last[:, 0])

@@ -388,7 +388,7 @@ class _Run:
         """The role's head, prefilling the prompt on first use."""
         if name not in self.heads:
             role = self.role(name)
-            cache = core.new_cache(role.cfg.text, 1, self.length, role.dtype)
+            cache = KVCache.init(role.cfg.text, 1, self.length, role.dtype)
             logits, cache = prefill(role.graphdef, role.state, role.put(self.batch), cache)
             self.heads[name] = _Head(cache, logits, self.batch.shape[1], self.start_pos)
             if name == "target":
