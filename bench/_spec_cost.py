@@ -30,7 +30,9 @@ giving R ~ N (1 - r) / (1 - r^K) and F ~ R (1 - r^K) (specreason: K = 1, R = N,
 F = N (1 - r)). The "ideal" column uses the run's own R and F (exact decisions, same for
 every schedule); "ideal iid" uses these expectations at r (N -> infinity). Ideal speedup =
 ideal(target_only) / ideal(engine). Edge effects (a last window drafted and not used) are up
-to K d per request and not modelled.
+to K d per request and not modelled. ``v_K`` is the pass at full steps (``S`` slots each, as
+with the cap delimiter); the engines pack a window of shorter steps in ``W < S`` slots each
+(`core.step_width`), timed as ``verify_K_wW`` but not used by the model.
 """
 
 from __future__ import annotations
@@ -101,6 +103,10 @@ def measure_components(eng, req, reps: int) -> dict:
         out[f"verify_{kk}"] = median_time(
             lambda: (fresh(eng.target)[1],), lambda c, kk=kk: verify(eng, c, kk), reps
         )
+    for w in core.step_widths(n)[:-1]:  # K steps of w tokens, packed in w slots each
+        out[f"verify_{k}_w{w}"] = median_time(
+            lambda: (fresh(eng.target)[1],), lambda c, w=w: verify(eng, c, k, w), reps
+        )
     chunk, length = jnp.ones((1, n), jnp.int32), jnp.full((1,), n, jnp.int32)
     out["append_draft"] = median_time(
         lambda: (fresh(eng.draft)[1],),
@@ -123,14 +129,15 @@ def verified(eng, fresh, k, n):
     return cache, logits, step_logits[0], jnp.full((k,), n, jnp.int32), base
 
 
-def verify(eng, cache, k):
-    """One packed verification of K full steps (dummy tokens: the cost is the same)."""
+def verify(eng, cache, k, width=None):
+    """One packed verification of K full steps (dummy tokens: the cost is the same), or of
+    K steps of ``width`` tokens packed in ``width`` slots each (`core.step_width`)."""
     import jax.numpy as jnp
 
     from dreamr_jax.spec import core
 
     n = eng.cfg.max_step_tokens
-    toks, lens = jnp.ones((1, k, n), jnp.int32), jnp.full((1, k), n, jnp.int32)
+    toks, lens = jnp.ones((1, k, n), jnp.int32), jnp.full((1, k), width or n, jnp.int32)
     return core.verify_window(
         eng.target.graphdef,
         eng.target.state,
@@ -139,6 +146,7 @@ def verify(eng, cache, k):
         lens,
         verdict=eng.verdict,
         verifier=eng.verifier,
+        width=width,
     )
 
 
@@ -149,7 +157,7 @@ def rows(eng, k, n, cache, logits, step_logits, lengths_k, base):
 
     from dreamr_jax.spec import core
 
-    forked = core.fork_rows(cache, base, base, lengths_k, max_step_tokens=n)
+    forked = core.fork_rows(cache, base, base, lengths_k, n)
     logits = jnp.concatenate([logits, step_logits[: k - 1]])
     out, cache = core.write_step(
         eng.target.graphdef,

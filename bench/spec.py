@@ -437,7 +437,9 @@ def main(argv=None) -> dict:
     first = comps
     k, n_req = args.window, len(s.requests)
     for variant in VARIANTS:  # warm-up: compile every program, both accept and reject paths
-        engine(s, variant, forced=0.5).run(s.requests[0])
+        warm = engine(s, variant, forced=0.5)
+        warm.precompile(s.requests[0])  # every packed-verification width (auto delimiter)
+        warm.run(s.requests[0])
     mode_a = run_mode(s, None, compiles)
     comps = bracket(s, args, mode_a, comps)
     add_ideal(mode_a, mode_a["_info"]["components"], k, n_req, None)

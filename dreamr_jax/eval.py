@@ -325,6 +325,7 @@ def _run_engine(engine, alpha, items, requests, warm: list[int], bar, tokenizer)
     label = name if alpha is None else f"{name} α={alpha:g}"
     bar.set_description(f"{label} (warmup)")
     for i in warm:
+        engine.precompile(requests[i])  # every packed-verification width
         for warm_engine in _warmup_engines(engine):
             warm_engine.run(requests[i])
         bar.update()

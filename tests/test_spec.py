@@ -144,7 +144,7 @@ def _engine(
     cfg = SpecConfig(
         engine=engine,
         window=kw.pop("window", K),
-        max_step_tokens=S,
+        max_step_tokens=kw.pop("max_step_tokens", S),
         max_steps=kw.pop("max_steps", STEPS),
         delimiter=p.delimiter,
         **kw,
@@ -255,6 +255,66 @@ def test_verify_window_alpha_sweep_compiles_once(pair):
     assert np.asarray(ok).sum() == 0 and (ps[0] > 0.0).all()  # α = 1 rejects, α = 0 accepts
 
 
+def test_step_widths():
+    assert core.step_widths(32) == (8, 16, 32)
+    assert core.step_widths(100) == (8, 16, 32, 64, 100)
+    assert core.step_widths(8) == (8,) and core.step_widths(6) == (6,)
+    assert [core.step_width(n, 32) for n in (0, 1, 8, 9, 16, 17, 32)] == [8, 8, 8, 16, 16, 32, 32]
+    assert core.step_width(5, 6) == 6
+    for bad in (-1, 33):
+        with pytest.raises(ValueError, match="max_step_tokens=32"):
+            core.step_width(bad, 32)
+
+
+def test_narrow_packing_gives_the_same_verdicts_and_cache(pair):
+    """Steps packed in W < S slots: the same p, decisions and step logits as in S slots,
+    and after accepting d_1 (rewind to its W-slot region) the same next step."""
+    s, w = 16, 8
+    prompt = _request(pair).prompt_ids
+    rng = np.random.default_rng(5)
+    lengths = [5, 8, 0]
+    tokens = np.zeros((1, 3, s), np.int32)
+    for k, n in enumerate(lengths):
+        tokens[0, k, :n] = rng.integers(40, 200, n)
+    verdict = verdict_tokens(pair.tok, VerifierConfig())
+    eng = _engine(pair, "target_only")
+    args = (jax.random.key(0), 1, jnp.ones((1,), bool), eng.tables["target"])
+    got = {}
+    for width in (None, w):
+        graphdef, state, cache, _, _ = _prefix_cache(pair, pair.target, prompt)
+        base, pos = int(cache.index), int(cache.next_pos[0])
+        p, ok, step_logits, cache = core.verify_window(
+            graphdef,
+            state,
+            cache,
+            jnp.asarray(tokens),
+            jnp.asarray([lengths], jnp.int32),
+            verdict=verdict,
+            verifier=VerifierConfig(alpha=0.5),
+            width=width,
+        )
+        cache = core.rewind(cache, base + (width or s), [pos + lengths[0]])
+        out, _ = core.write_step(graphdef, state, cache, step_logits[:, 0], *args, dec=eng.dec)
+        got[width] = (p, ok, step_logits[:, :2], out.tokens, out.lengths)
+    (p1, ok1, l1, t1, n1), (p2, ok2, l2, t2, n2) = got[None], got[w]
+    np.testing.assert_allclose(p2, p1, atol=1e-5)
+    np.testing.assert_array_equal(ok2, ok1)
+    np.testing.assert_allclose(l2, l1, atol=1e-4)
+    np.testing.assert_array_equal(t2, t1)
+    np.testing.assert_array_equal(n2, n1)
+    with pytest.raises(ValueError, match="width=17"):
+        core.verify_window(
+            None,
+            None,
+            None,
+            jnp.asarray(tokens),
+            None,
+            verdict=verdict,
+            verifier=VerifierConfig(),
+            width=17,
+        )
+
+
 def test_rewind_then_decode_equals_fresh_prefix(pair):
     """Accepting d_1 of a verified window by rewinding gives the same next step as a cache
     prefilled with prompt + d_1 from scratch."""
@@ -347,6 +407,58 @@ def test_schedules_agree_on_text_and_decisions(pair, mid_alpha):
         )
     # Cost differs: lookahead writes K target steps per rejected window, fpsr one.
     assert runs["lookahead"].metrics.target_tokens > runs["fpsr"].metrics.target_tokens
+
+
+def test_engines_pack_steps_narrower_than_the_cap(pair, monkeypatch):
+    """With S = 16, windows of short steps are verified in 8 slots a step
+    (`core.step_width`) and every invariant still holds: the same model gives target_only's
+    text, α = 0 / 1 give draft_only's / target_only's, the schedules agree on text and
+    decisions, and each decision equals the uncached verifier."""
+    s, widths, verify = 16, [], core.verify_window
+
+    def spy(*args, **kw):
+        widths.append(kw["width"])
+        return verify(*args, **kw)
+
+    monkeypatch.setattr(core, "verify_window", spy)
+    run = lambda engine, **kw: _run(pair, engine, max_step_tokens=s, **kw)  # noqa: E731
+    target, draft = run("target_only").tokens, run("draft_only").tokens
+    ps = sorted(d.p for d in run("specreason", alpha=0.0).decisions)
+    alpha = float(np.median(ps))
+    ref = run("specreason", alpha=alpha)
+    assert any(d.accepted for d in ref.decisions) and not all(d.accepted for d in ref.decisions)
+    for engine in SPEC_ENGINES:
+        assert run(engine, same=True).tokens == target, engine
+        assert run(engine, alpha=0.0).tokens == draft, engine
+        assert run(engine, alpha=1.0).tokens == target, engine
+        res = run(engine, alpha=alpha)
+        assert res.tokens == ref.tokens, engine
+        assert [(d.index, d.tokens, d.accepted) for d in res.decisions] == [
+            (d.index, d.tokens, d.accepted) for d in ref.decisions
+        ], engine
+    assert min(widths) == 8 < s, widths
+    prompt = _request(pair).prompt_ids
+    verdict = verdict_tokens(pair.tok, VerifierConfig())
+    for d in ref.decisions:
+        prefix = prompt + [t for st in ref.steps[: d.index] for t in st.tokens]
+        logits = _full_logits(pair, pair.target, prefix + list(d.tokens) + list(verdict.suffix))
+        p = float(cpn_probability(jnp.asarray(logits[-1]), verdict.positive, verdict.negative))
+        assert abs(p - d.p) < 1e-5
+
+
+def test_precompile_covers_every_width(pair):
+    """`SpecEngine.precompile` compiles the pass at each width, so no run compiles one."""
+    eng = _engine(pair, "fpsr", alpha=0.0, window=2, max_step_tokens=16)
+    req = _request(pair)
+    before = core._verify_window._cache_size()
+    eng.precompile(req)
+    compiled = core._verify_window._cache_size()
+    assert compiled - before == len(core.step_widths(16)) == 2
+    for alpha in (0.0, 1.0):
+        _engine(pair, "fpsr", alpha=alpha, window=2, max_step_tokens=16).run(req)
+    assert core._verify_window._cache_size() == compiled
+    _engine(pair, "target_only").precompile(req)  # a baseline: nothing to compile
+    assert core._verify_window._cache_size() == compiled
 
 
 def test_decisions_equal_uncached_reference(pair, mid_alpha):

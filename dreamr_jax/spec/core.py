@@ -7,18 +7,20 @@ All state lives in one functional `KVCache` per model (batch 1 per request). The
   so the cache holds the whole step and the next step's logits come back with it;
 * `append_chunk`: writes someone else's step (the target's fallback into the draft cache);
 * `verify_window`: one packed target pass over a window of K draft steps. The chunk is
-  ``d_1 .. d_K  V_1 .. V_K`` (each step in ``S = max_step_tokens`` slots, each ``V_k`` the
-  verification suffix), with an in-chunk mask so ``V_k`` sees the prefix and ``d_<=k``
+  ``d_1 .. d_K  V_1 .. V_K`` (each step in ``W`` slots, `step_width`: the window's
+  longest step rounded up to a power of two, at most ``S = max_step_tokens``; each ``V_k``
+  the verification suffix), with an in-chunk mask so ``V_k`` sees the prefix and ``d_<=k``
   only. It returns every step's verdict and the logits after each ``d_k``, and leaves the
-  cache holding ``P + d_1 .. d_K`` in its first ``K*S`` chunk slots;
+  cache holding ``P + d_1 .. d_K`` in its first ``K*W`` chunk slots;
 * `rewind`: accepting ``d_<j`` is moving the write head back to the end of ``d_<j``:
   slots past the head are stale but invisible (causality is by slot), and are overwritten
   before they can be read. No cache is copied or recomputed;
 * `fork_rows` / `take_row`: the Lookahead-Reasoning schedule, where the target writes its
   own step for every window position at once (K rows sharing the prefix).
 
-Every function is jitted once per static shape (cache length, S, K): a long reasoning
-chain never recompiles. Caches are donated.
+Every function is jitted once per static shape (cache length, S, K, and for the packed pass
+each of the few widths ``W``, `step_widths`): a long reasoning chain never recompiles.
+Caches are donated.
 """
 
 from __future__ import annotations
@@ -153,13 +155,40 @@ def append_chunk(graphdef, state, cache: KVCache, tokens_bs, lengths_b):
     return _last_logits(model, out.logits, lengths_b), out.cache
 
 
+MIN_STEP_WIDTH = 8  # the narrowest packed step (`step_width`)
+
+
+def step_widths(max_step_tokens: int) -> tuple[int, ...]:
+    """Every width `step_width` returns for this ``S``: powers of two from
+    `MIN_STEP_WIDTH` below ``S``, then ``S`` (one compiled packed pass each)."""
+    widths, w = [], MIN_STEP_WIDTH
+    while w < max_step_tokens:
+        widths.append(w)
+        w *= 2
+    return (*widths, max_step_tokens)
+
+
+def step_width(longest: int, max_step_tokens: int) -> int:
+    """Slots per step in a packed verification chunk: the first of `step_widths` that
+    holds the window's ``longest`` step. A pass costs about linearly in its slots on a
+    CPU (and in FLOPs anywhere), so padding every step to ``S`` wastes most of it when
+    steps run well under the cap; powers of two keep the compiled shapes few.
+
+    Raises:
+      ValueError: ``longest`` is outside ``[0, S]``.
+    """
+    if not 0 <= longest <= max_step_tokens:
+        raise ValueError(f"a step of {longest} tokens with max_step_tokens={max_step_tokens}.")
+    return next(w for w in step_widths(max_step_tokens) if w >= longest)
+
+
 def window_layout(lengths_k, num_suffix: int, max_step_tokens: int):
     """Packed layout of a verification chunk ``d_1 .. d_K  V_1 .. V_K``.
 
     Args:
       lengths_k: ``[K]`` int draft step lengths (0 = no step at this window position).
       num_suffix: tokens in the verification suffix ``V``.
-      max_step_tokens: ``S``, slots per draft step.
+      max_step_tokens: slots per draft step (``W`` of `step_width`, or ``S``).
 
     Returns:
       ``(real_t, offset_t, chunk_mask_tt)``: which of the ``T = K*(S+|V|)`` slots hold a
@@ -200,29 +229,36 @@ def verify_window(
     *,
     verdict: VerdictTokens,
     verifier: VerifierConfig,
+    width: int | None = None,
 ):
     """One packed target pass that verifies a window of draft steps per row.
 
     Args:
       cache: target cache (``b`` rows) ending at each row's accepted prefix ``P``, with
-        room for the ``K*(S+|V|)`` chunk slots past its head (XLA clamps an out-of-range
+        room for the ``K*(W+|V|)`` chunk slots past its head (XLA clamps an out-of-range
         write, which would silently corrupt the result; `SpecEngine.cache_length` sizes
-        for this).
+        for ``W = S``).
       tokens_bks: ``[b, K, S]`` draft steps (pad after each length).
       lengths_bk: ``[b, K]`` their lengths; 0 marks an unused window position.
       verdict: the tokenised verifier (suffix and verdict ids).
       verifier: threshold and rule.
+      width: ``W``, slots per step in the chunk: the steps' first ``W`` tokens are used,
+        so every length must be ``<= W`` (`step_width` of the longest); None is ``S``.
+        Results do not depend on it (padding slots are masked), the pass's cost does.
 
     Returns:
       ``(p [b, K], accepted [b, K], step_logits [b, K, v], cache)`` where
       ``step_logits[:, k]`` are the next-token logits after ``P + d_<=k`` and the cache
-      holds ``P + d_1..d_K`` in the chunk's first ``K*S`` slots (use `rewind` to keep a
+      holds ``P + d_1..d_K`` in the chunk's first ``K*W`` slots (use `rewind` to keep a
       prefix of them). The engine verifies one request (``b = 1``); SAPO scoring verifies
       every step of a batch of rollouts at once.
 
     The threshold α reaches the compiled pass as a value, not as part of its static
     arguments: sweeping α (`dreamr_jax.eval`) compiles the pass once per shape.
     """
+    s = tokens_bks.shape[-1]
+    if width is not None and not 1 <= width <= s:
+        raise ValueError(f"width={width} must be in [1, {s}] (the steps' slots).")
     return _verify_window(
         graphdef,
         state,
@@ -232,15 +268,17 @@ def verify_window(
         np.float32(verifier.alpha),
         verdict=verdict,
         rule=dataclasses.replace(verifier, alpha=0.0),
+        width=s if width is None else width,
     )
 
 
 @functools.partial(
-    jax.jit, static_argnames=("graphdef", "verdict", "rule"), donate_argnames=("cache",)
+    jax.jit, static_argnames=("graphdef", "verdict", "rule", "width"), donate_argnames=("cache",)
 )
-def _verify_window(graphdef, state, cache, tokens_bks, lengths_bk, alpha, *, verdict, rule):
+def _verify_window(graphdef, state, cache, tokens_bks, lengths_bk, alpha, *, verdict, rule, width):
     """`verify_window` with α traced; ``rule`` is the verifier with α zeroed."""
     model = merge(graphdef, state)
+    tokens_bks = tokens_bks[:, :, :width]
     b, k_len, s = tokens_bks.shape
     n_v = len(verdict.suffix)
     real, offset, mask = jax.vmap(window_layout, in_axes=(0, None, None))(lengths_bk, n_v, s)
@@ -268,8 +306,8 @@ def rewind(cache: KVCache, index, next_pos) -> KVCache:
     )
 
 
-@functools.partial(jax.jit, static_argnames=("max_step_tokens",))
-def fork_rows(cache: KVCache, base_index, base_pos, lengths_k, *, max_step_tokens: int):
+@jax.jit
+def fork_rows(cache: KVCache, base_index, base_pos, lengths_k, width):
     """K target rows after a `verify_window`: row ``k`` ends at ``P + d_<k``.
 
     Args:
@@ -277,12 +315,13 @@ def fork_rows(cache: KVCache, base_index, base_pos, lengths_k, *, max_step_token
       base_index: slot where the window's chunk started.
       base_pos: rotary position after ``P``.
       lengths_k: ``[K]`` draft step lengths.
+      width: ``W``, the pass's slots per step (a value: every width runs one program).
 
     Returns:
       A ``K``-row cache whose write head is past the draft steps, row ``k`` masking the
       slots of ``d_>=k``.
     """
-    k_len, s = lengths_k.shape[0], max_step_tokens
+    k_len, s = lengths_k.shape[0], width
     tile = lambda x: jnp.tile(x, (k_len,) + (1,) * (x.ndim - 1))  # noqa: E731
     slots = jnp.arange(cache.length)
     hidden_from = base_index + jnp.arange(k_len) * s  # row k hides d_>=k

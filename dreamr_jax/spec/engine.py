@@ -258,6 +258,9 @@ class SpecEngine:
             "draft": draft.put(jnp.asarray(one)),
             "target": target.put(jnp.asarray(one)),
         }
+        # Lookahead's target rows: one per window position, and the bonus row.
+        rows = cfg.k + int(cfg.bonus_step)
+        self.all_rows = target.put(jnp.asarray(np.ones((rows,), bool)))
 
     # ------------------------------------------------------------------ requests
 
@@ -275,6 +278,32 @@ class SpecEngine:
             prompt_slots,
             self.target.cfg.text.max_position_embeddings,
         )
+
+    def precompile(self, req: Request) -> None:
+        """Compiles the packed verification pass at every width it may take
+        (`core.step_widths`) for ``req``'s cache shape. The width follows the window's
+        longest draft step, so a warm-up request may not meet them all and a timed one
+        would compile the rest; a baseline engine needs nothing. Timing harnesses call it
+        with each shape's warm-up request."""
+        if self.cfg.engine in ("target_only", "draft_only"):
+            return
+        metrics = RequestMetrics(engine=self.cfg.engine, window=self.cfg.k)
+        run, t = _Run(self, req, metrics, None), self.target
+        k, s = self.cfg.k, self.cfg.max_step_tokens
+        tokens = t.put(jnp.full((1, k, s), self.pad_id, jnp.int32))
+        for w in core.step_widths(s):
+            cache = KVCache.init(t.cfg.text, 1, run.length, t.dtype)
+            out = core.verify_window(
+                t.graphdef,
+                t.state,
+                cache,
+                tokens,
+                t.put(jnp.full((1, k), w, jnp.int32)),
+                verdict=self.verdict,
+                verifier=self.verifier,
+                width=w,
+            )
+            jax.block_until_ready(out)
 
     # ------------------------------------------------------------------- running
 
@@ -465,6 +494,10 @@ class _Run:
             outs, d_cache = pending
             tokens_ks = jnp.concatenate([o.tokens for o in outs])
             lengths_k = jnp.concatenate([o.lengths for o in outs])
+            # The pass packs each step in W <= S slots (`core.step_width`); W needs the
+            # window's lengths on the host, a wait the pass would make anyway.
+            lengths = jax.device_get(lengths_k).tolist()
+            w = core.step_width(max(lengths), s)
             p, ok, step_logits, t_cache = core.verify_window(
                 eng.target.graphdef,
                 eng.target.state,
@@ -472,22 +505,23 @@ class _Run:
                 *eng.target.put((tokens_ks[None], lengths_k[None])),
                 verdict=eng.verdict,
                 verifier=eng.verifier,
+                width=w,
             )
             p, ok, step_logits = p[0], ok[0], step_logits[0]
             rows = None
             if cfg.engine == "lookahead":  # the target's K steps in the same round
-                rows = self.target_rows(t_cache, target, lengths_k, step_logits, bonus)
+                rows = self.target_rows(t_cache, target, lengths_k, step_logits, bonus, w)
             if overlap:  # window w+1 assuming full acceptance, dispatched before syncing
                 pending = self.draft_window(_Head(d_cache, outs[-1].logits, 0, 0), k)
-            lengths, tokens, p_host, ok_host = jax.device_get((lengths_k, tokens_ks, p, ok))
-            lengths, p_host, ok_host = lengths.tolist(), p_host.tolist(), ok_host.tolist()
+            tokens, p_host, ok_host = jax.device_get((tokens_ks, p, ok))
+            p_host, ok_host = p_host.tolist(), ok_host.tolist()
             n = sum(1 for x in lengths if x > 0)
             self.m.verify_calls += 1
             self.m.target_passes += 1
             self.m.draft_tokens += sum(lengths)
             a = self.judge(tokens, lengths[:n], p_host, ok_host)
             accepted_len = sum(lengths[:a])
-            index, pos = target.index + a * s, target.pos + accepted_len
+            index, pos = target.index + a * w, target.pos + accepted_len
             logits = step_logits[a - 1 : a] if a else target.logits
             new_target = _Head(core.rewind(t_cache, index, [pos]), logits, index, pos)
             d_index, d_pos = draft.index + accepted_len, draft.pos + accepted_len
@@ -498,7 +532,7 @@ class _Run:
                 break
             if a < n or bonus:
                 fallback = a < n
-                step, target = self.target_step(new_target, rows, a)
+                step, target = self.target_step(new_target, rows, a, w)
                 self.m.count_target_step(fallback)
                 # A fallback replaces window position a+1; a bonus step follows the window.
                 self.emit(Step(step, "target", a + 1, p_host[a] if fallback else None))
@@ -536,14 +570,15 @@ class _Run:
             self.emit(Step(list(step), "draft", i + 1, float(p[i])))
         return len(lengths)
 
-    def target_rows(self, t_cache, target: _Head, lengths_k, step_logits, bonus: bool):
-        """Lookahead: the target writes its own step at every window position at once."""
-        eng, s = self.eng, self.eng.cfg.max_step_tokens
+    def target_rows(self, t_cache, target: _Head, lengths_k, step_logits, bonus: bool, w: int):
+        """Lookahead: the target writes its own step at every window position at once
+        (``w``: the verification pass's slots per step)."""
+        eng = self.eng
         lengths = jnp.concatenate([lengths_k, jnp.zeros((1,), jnp.int32)]) if bonus else lengths_k
         rows = lengths.shape[0]
-        forked = core.fork_rows(t_cache, target.index, target.pos, lengths, max_step_tokens=s)
+        forked = core.fork_rows(t_cache, target.index, target.pos, lengths, np.int32(w))
         logits = jnp.concatenate([target.logits, step_logits[: rows - 1]])
-        active = eng.target.put(jnp.ones((rows,), bool))
+        active = eng.all_rows
         return core.write_step(
             eng.target.graphdef,
             eng.target.state,
@@ -555,14 +590,15 @@ class _Run:
             dec=eng.dec,
         )
 
-    def target_step(self, target: _Head, rows, a: int):
+    def target_step(self, target: _Head, rows, a: int, w: int):
         """The target's own step after ``P + d_<=a`` (lookahead: row ``a`` of the batched
-        round; otherwise written now). Returns ``(tokens, head after it)``."""
+        round, ``w`` the pass's slots per step; otherwise written now). Returns
+        ``(tokens, head after it)``."""
         if rows is not None:
             out, cache = rows
             lengths = np.asarray(out.lengths)
             n, s = int(lengths[a]), self.eng.cfg.max_step_tokens
-            written = target.index + (len(lengths) - a) * s  # the rows' write head before
+            written = target.index + (len(lengths) - a) * w  # the rows' write head before
             cache = core.move_step(
                 core.take_row(cache, a), written, target.index, n, max_step_tokens=s
             )
