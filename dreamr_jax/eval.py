@@ -190,15 +190,7 @@ def load_items(sec: EvalSection, workdir: str | os.PathLike) -> tuple[list[Item]
     else:
         items, notes = _imported_items(sec, data_dir)
     for item in items:  # a gold answer the grader cannot read would fail after hours
-        try:
-            grading.grade(
-                f"Answer: {item.gold}",
-                item.gold,
-                answer_type=item.answer_type,
-                choices=item.choices,
-            )
-        except ValueError as e:
-            raise ValueError(f"record {item.id!r}: gold answer {item.gold!r}: {e}") from e
+        grading.check_gold(item)
     return items, {"data_dir": str(data_dir), **notes}
 
 

@@ -95,6 +95,20 @@ def test_target_chains_grades_cuts_and_keeps(target, monkeypatch, keep):
         assert list(c.steps) == _chain_text(records[c.record], right[c.record]).split("\n\n")
 
 
+def test_unreadable_gold_is_refused_before_generation(target, monkeypatch):
+    model, tok, image_cfg = target
+    records = _records(4)
+    records[3] = {**records[3], "answer": "about seven"}  # a "number" answer
+    monkeypatch.setattr(distill, "generate", lambda *a, **kw: pytest.fail("generated"))
+    eos_ids, pad_id = chain_token_ids(tok)
+    cfg = distill.ChainsConfig(source="target", batch_size=2)
+    with pytest.raises(ValueError, match="'about seven'.*not a number") as err:
+        distill.target_chains(
+            model, records, tok, image_cfg, cfg, delimiter="\n\n", eos_ids=eos_ids, pad_id=pad_id
+        )
+    assert repr(records[3]["id"]) in str(err.value)
+
+
 def test_target_chains_runs_the_real_generation(target):
     """Unpatched: greedy chains of a random model are its greedy completions, cut."""
     model, tok, image_cfg = target

@@ -6,6 +6,7 @@ import pytest
 
 from dreamr_jax.data.grading import (
     ANSWER_TYPES,
+    check_gold,
     extract_answer,
     final_answer,
     grade,
@@ -15,6 +16,7 @@ from dreamr_jax.data.grading import (
     normalize_text,
     parse_number,
 )
+from dreamr_jax.data.questions import Question
 
 
 @pytest.mark.parametrize(
@@ -376,3 +378,44 @@ def test_grade_unknown_type():
         grade("12", "12", answer_type="numeric")
     for name in ANSWER_TYPES:
         assert name in str(err.value)
+
+
+def _question(gold, answer_type, choices=()):
+    return Question("rec-7", None, "q?", gold, answer_type, tuple(choices))
+
+
+@pytest.mark.parametrize(
+    "gold, answer_type, choices",
+    [
+        ("12", "number", ()),
+        ("-0.5 cm", "number", ()),
+        ("B", "choice", ("x", "y")),
+        ("C", "choice", ()),
+        ("New York", "text", ()),
+    ],
+)
+def test_check_gold_accepts_readable_golds(gold, answer_type, choices):
+    check_gold(_question(gold, answer_type, choices))
+
+
+@pytest.mark.parametrize(
+    "gold, answer_type, choices, match",
+    [
+        ("about seven", "number", (), "not a number"),
+        ("BC", "choice", ("x", "y", "z"), "one letter"),
+        ("D", "choice", ("x", "y"), "past the 2 choices"),
+        ("12", "integer", (), "unknown answer_type"),
+    ],
+)
+def test_check_gold_names_the_record(gold, answer_type, choices, match):
+    with pytest.raises(ValueError, match=match) as err:
+        check_gold(_question(gold, answer_type, choices))
+    assert "record 'rec-7'" in str(err.value) and repr(gold) in str(err.value)
+
+
+def test_empty_choices_mean_unknown_option_texts():
+    """`Question.choices` is () when the options are only in the question's text: a
+    letter still grades (it used to raise "past the 0 choices"), option text cannot."""
+    assert match_choice("The answer is (C).", "C", ()) and match_choice("C", "C", [])
+    assert not match_choice("12 cm", "B", ())
+    assert grade("Answer: D", "D", answer_type="choice", choices=())

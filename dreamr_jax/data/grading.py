@@ -351,6 +351,8 @@ def match_choice(pred: str, gold_letter: str, choices: Sequence[str] | None = No
     letter), or, when `choices` is given, the text of exactly one option (normalized or
     numeric equality: "12" picks "12 cm", but nothing from ["12", "12.0"]). A prediction
     naming two different letters ("A and B", "(A) or (C)") is wrong even if one is the gold.
+    Empty `choices` mean the option texts are unknown, as None (`Question.choices` is ()
+    when the options are only in the question's text).
 
     Raises:
         ValueError: if `gold_letter` is not one letter, or is past the end of `choices`.
@@ -363,6 +365,7 @@ def match_choice(pred: str, gold_letter: str, choices: Sequence[str] | None = No
         >>> match_choice("A and B", "B"), match_choice("BC", "B")
         (False, False)
     """
+    choices = choices or None
     gold = _gold_index(gold_letter, choices)
     text = _strip_lead_in(_TEXT_CMD_RE.sub(r"\1", _clean_answer(_unify_chars(pred)) or ""))
     letters = _named_letters(text)
@@ -427,3 +430,24 @@ def grade(
         False
     """
     return match_answer(final_answer(pred_text), gold, answer_type=answer_type, choices=choices)
+
+
+def check_gold(question) -> None:
+    """Raises if the grader cannot read a question's gold answer, naming the record.
+
+    Grading happens after model work (a chain is written, then graded), so callers check
+    every question first: an unreadable gold must not fail a run hours in.
+
+    Args:
+      question: anything with ``id``, ``gold``, ``answer_type`` and ``choices``
+        (`questions.Question`).
+
+    Raises:
+      ValueError: `grade` refuses the gold (an unknown answer type, a number or option
+        letter it cannot read).
+    """
+    q = question
+    try:
+        grade(f"Answer: {q.gold}", q.gold, answer_type=q.answer_type, choices=q.choices)
+    except ValueError as e:
+        raise ValueError(f"record {q.id!r}: gold answer {q.gold!r}: {e}") from e

@@ -119,8 +119,13 @@ def target_chains(
       tokenizer, image_cfg: the target's tokenizer and image settings.
       delimiter: the step delimiter the engines cut steps at.
       eos_ids, pad_id: tokens that end a chain, and padding.
+
+    Raises:
+      ValueError: a record's gold answer the grader cannot read (before any generation).
     """
     cfg.validate()
+    for record in records:  # grading follows the generation: refuse unreadable golds first
+        grading.check_gold(questions.from_example(record))
     sampling = SamplingConfig(
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
