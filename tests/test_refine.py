@@ -131,6 +131,38 @@ def test_candidates_are_labelled_by_the_reference_step(source, monkeypatch):
     assert summary["by_step"]["3"] == {"right": 0, "wrong": 3}
 
 
+def test_candidates_build_prompts_a_chunk_at_a_time(source, monkeypatch):
+    """Prompts are made for each generation chunk's records only (host memory at real
+    scale), and every row still gets its own record's image and reference prefix."""
+    records = [dict(source[i], steps=[f"Step {j}." for j in range(4)]) for i in range(3)]
+    full, _ = make_prompts(records, TOK, IMAGE_CFG)
+    assert not np.array_equal(full.pixel_values[0], full.pixel_values[1])  # tells rows apart
+    sizes, rows = [], []
+
+    def spy(recs, *args, **kw):
+        sizes.append(len(recs))
+        return make_prompts(recs, *args, **kw)
+
+    def fake(model, prompts, cfg, tokenizer, rng, *, eos_ids, pad_id):
+        rows.extend(zip(prompts.ids, prompts.pixel_values, strict=True))
+        steps = pack_steps([[65]] * len(prompts.ids), tokenizer, cfg, pad_id)
+        return types.SimpleNamespace(step_tokens=steps[0], step_lengths=steps[1])
+
+    monkeypatch.setattr(refine, "make_prompts", spy)
+    monkeypatch.setattr(refine, "sample_rollouts", fake)
+    refine.draft_candidates(
+        None, records, TOK, IMAGE_CFG, max_step_tokens=8, delimiter="\n\n", temperature=1.0,
+        rng=jax.random.key(0), eos_ids=EOS, min_step=1, batch_size=4,
+    )  # fmt: skip
+    assert sizes == [2, 2, 1]  # items (0,1..3) (1,1) | (1,2..3) (2,1..2) | (2,3)
+    items = [(i, k) for i in range(3) for k in (1, 2, 3)]
+    assert len(rows) == len(items)
+    for (ids, pixels), (i, k) in zip(rows, items, strict=True):
+        prefix = TOK.encode("".join(f"Step {j}.\n\n" for j in range(k)), add_special_tokens=False)
+        assert list(ids) == list(full.ids[i]) + prefix
+        np.testing.assert_array_equal(pixels, full.pixel_values[i])
+
+
 def test_candidates_from_a_tiny_draft_are_reproducible(source, tmp_path):
     draft = Qwen3VL(MODEL_CFG, rngs=nnx.Rngs(1))
     records = [source[i] for i in range(2)]

@@ -143,7 +143,6 @@ def draft_candidates(
     """
     refs = [as_record(r)["steps"] for r in records]
     items = [(i, k) for i, steps in enumerate(refs) for k in range(min_step, len(steps))]
-    prompts, _ = make_prompts(records, tokenizer, image_cfg)  # each image once
     cfg = RolloutConfig(
         group_size=1,
         max_new_tokens=max_step_tokens,
@@ -158,9 +157,14 @@ def draft_candidates(
     out = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        rows, ks = [i for i, _ in chunk], [k for _, k in chunk]
+        # The chunk's records only (each image once): all records' patches at once would
+        # not fit in host memory at real scale.
+        order = sorted({i for i, _ in chunk})
+        prompts, _ = make_prompts([records[i] for i in order], tokenizer, image_cfg)
+        at = {i: j for j, i in enumerate(order)}
+        rows, ks = [at[i] for i, _ in chunk], [k for _, k in chunk]
         batch = prefix_prompts(
-            prompts.take(rows), [refs[i] for i in rows], ks, tokenizer, delimiter
+            prompts.take(rows), [refs[i] for i, _ in chunk], ks, tokenizer, delimiter
         )
         key = jax.random.fold_in(rng, start)
         ro = sample_rollouts(draft, batch, cfg, tokenizer, key, eos_ids=eos_ids, pad_id=pad_id)
