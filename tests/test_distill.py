@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import types
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -17,10 +18,11 @@ import pytest
 from dreamr_jax.data import synthetic
 from dreamr_jax.data.pipeline import PipelineConfig, make_dataset
 from dreamr_jax.models import hf
+from dreamr_jax.models.sharding import make_mesh
 from dreamr_jax.processing import ImageProcessorConfig, load_tokenizer
 from dreamr_jax.rl.rollout import chain_token_ids
 from dreamr_jax.spec.roles import builtin_checkpoint
-from dreamr_jax.training import distill
+from dreamr_jax.training import distill, sft
 from dreamr_jax.training.sapo import make_prompts
 
 SYNTH = synthetic.SyntheticConfig(image_size=64, families=("bars",))
@@ -178,3 +180,52 @@ def test_chains_must_fit_the_rows():
     distill.DraftSFTConfig(seq_len=256, chains=chains).validate()
     reference = distill.ChainsConfig(max_new_tokens=128)  # the reference chains: not used
     distill.DraftSFTConfig(seq_len=128, chains=reference).validate()
+
+
+class _Closing:
+    """An iterator proxy that records ``close``."""
+
+    def __init__(self, it, closed: list):
+        self.it, self.closed = it, closed
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self.it)
+
+    def get_state(self):
+        return self.it.get_state()
+
+    def set_state(self, state):
+        self.it.set_state(state)
+
+    def close(self):
+        self.closed.append(True)
+        self.it.close()
+
+
+def test_run_sft_closes_its_pipeline(tmp_path, monkeypatch):
+    """The stage stops its data pipeline when it ends (its prefetch threads would keep
+    reading, and its record cache stay in memory, through the stages after it)."""
+    path = builtin_checkpoint(tmp_path / "m", seed=0, dtype=jnp.float32)
+    model, _ = hf.load_pretrained(path, dtype=jnp.float32)
+    tok, image_cfg = load_tokenizer(path), ImageProcessorConfig.from_pretrained(path)
+    closed, real = [], sft.make_dataset
+
+    class Dataset:
+        def __init__(self, *args, **kw):
+            self.ds = real(*args, **kw)
+
+        def __iter__(self):
+            return _Closing(iter(self.ds), closed)
+
+    monkeypatch.setattr(sft, "make_dataset", Dataset)
+    cfg = sft.SFTConfig(steps=2, batch_size=2, seq_len=512, cache_records=4)
+    mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+    records = _records(4)
+    data = distill.ChainRecords(
+        records, [distill.Chain(i, tuple(r["steps"]), True) for i, r in enumerate(records)]
+    )
+    _, result = sft.run_sft(tmp_path / "stage", model, data, tok, image_cfg, cfg, mesh)
+    assert closed == [True] and result.step == 2

@@ -177,15 +177,20 @@ def run_sft(
         del step, state
         return prepare_batch(next(iterator), model_cfg, patches_per_row=cfg.patches_per_row)
 
-    result = run_loop(
-        stage_dir,
-        state,
-        step_fn,
-        next_batch,
-        steps=cfg.steps,
-        checkpoint=cfg.checkpoint,
-        iterator=iterator,
-        config=config,
-        desc=desc,
-    )
+    try:
+        result = run_loop(
+            stage_dir,
+            state,
+            step_fn,
+            next_batch,
+            steps=cfg.steps,
+            checkpoint=cfg.checkpoint,
+            iterator=iterator,
+            config=config,
+            desc=desc,
+        )
+    finally:  # stop its prefetch threads (or worker processes); frees the record cache
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
     return nnx.merge(graphdef, result.state.params), result
