@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dreamr_jax.training.demo_report import checks
+from dreamr_jax.training.demo_report import checks, markdown
 
 
 def _row(engine, alpha=None, *, accuracy=0.9, acceptance=None, speedup=1.0):
@@ -70,3 +70,30 @@ def test_accuracy_speedup_and_order_checks():
     got = _by_name(checks({"draft_sapo": _summary(0.5, fpsr_speedup=0.35)}, None))
     assert not got["fpsr wall-clock speedup > 1x"]
     assert not got["speedup order fpsr > lookahead > specreason"]
+
+
+def test_report_says_what_a_slow_fpsr_spent():
+    summary = _summary(0.4, fpsr_speedup=0.35)
+    counts = dict(verify_calls=98, fallbacks=77, target_tokens=850, draft_tokens=2100)
+    for r in summary["results"]:
+        r.update(counts, accepted_per_verify=0.6, tokens_per_s=100.0)
+    summary["results"][0].update(target_tokens=1400)  # target_only
+    models = {
+        "target": {"params": 2, "layers": 4, "hidden": 128, "s_per_token": 0.0005},
+        "draft_sft": {"params": 1, "layers": 1, "hidden": 64, "s_per_token": 0.0001},
+    }
+    report = {
+        "models": models,
+        "checks": checks({"draft_sapo": summary}, None, 0.7),
+        "evaluations": {"draft_sapo": summary},
+        "alpha": 0.7,
+        "plots": {},
+    }
+    text = markdown(report)
+    assert "Why fpsr is slower here (α=0.7, SAPO draft): it accepted 40.0%" in text
+    assert "(0.60 per verification pass)" in text and "ran 98 packed verification" in text
+    assert "77 fallback steps (850 target tokens, against target_only's 1400)" in text
+    assert "wrote 2100 tokens" in text and "a target token cost 5.0x a draft token" in text
+    assert "| fpsr | 0.70 | 94.0% | 40.0% | 0.35x | 100.0 | 98 | 77 | 850 | 2100 |" in text
+    report["checks"] = checks({"draft_sapo": _summary(0.9, fpsr_speedup=1.5)}, None, 0.7)
+    assert "Why fpsr is slower" not in markdown(report)  # only when the check fails

@@ -47,6 +47,12 @@ def _num(x, fmt="{:.2f}") -> str:
     return "n/a" if x is None else fmt.format(x)
 
 
+def checked_alpha(summary: Mapping, alpha: float | None) -> float | None:
+    """The α the checks read: ``alpha`` if fpsr ran at it, else the first fpsr α."""
+    alphas = [r["alpha"] for r in summary["results"] if r["engine"] == "fpsr"]
+    return alpha if alpha in alphas else next(iter(alphas), None)
+
+
 def checks(
     summaries: Mapping[str, Mapping], sapo_effect: Mapping | None, alpha: float | None = None
 ) -> list[dict]:
@@ -56,8 +62,7 @@ def checks(
     sft = summaries.get("draft_sft")
     target = _result(sapo, "target_only")
     draft = _result(sapo, "draft_only")
-    alphas = [r["alpha"] for r in sapo["results"] if r["engine"] == "fpsr"]
-    alpha = alpha if alpha in alphas else next(iter(alphas), None)
+    alpha = checked_alpha(sapo, alpha)
     fpsr = _result(sapo, "fpsr", alpha)
     look = _result(sapo, "lookahead", alpha)
     spec = _result(sapo, "specreason", alpha)
@@ -124,6 +129,36 @@ def _costs(summary: Mapping) -> dict[str, float | None]:
     return out
 
 
+def _speed_note(report: Mapping) -> list[str]:
+    """When fpsr is slower than target_only: what it spent, from this run's counts."""
+    failed = any(
+        c["check"] == "fpsr wall-clock speedup > 1x" and not c["pass"] for c in report["checks"]
+    )
+    evals = report["evaluations"]
+    summary = evals.get("draft_sapo") or next(iter(evals.values()), None)
+    alpha = report.get("alpha")
+    fpsr = summary and _result(summary, "fpsr", alpha)
+    target = summary and _result(summary, "target_only")
+    if not (failed and fpsr and target and "verify_calls" in fpsr):
+        return []
+    costs = {k: m.get("s_per_token") for k, m in report["models"].items()}
+    t, d = costs.get("target"), next((v for k, v in costs.items() if k != "target"), None)
+    ratio = f"; a target token cost {t / d:.1f}x a draft token" if t and d else ""
+    return [
+        "",
+        f"Why fpsr is slower here (α={fpsr['alpha']}, {'SAPO' if 'draft_sapo' in evals else 'SFT'}"
+        f" draft): it accepted {_pct(fpsr['acceptance_rate'])} of the draft's steps "
+        f"({_num(fpsr.get('accepted_per_verify'))} per verification pass), so over the "
+        f"same requests it ran {fpsr['verify_calls']} packed verification passes through the "
+        f"target and still wrote {fpsr['fallbacks']} fallback steps ({fpsr['target_tokens']} "
+        f"target tokens, against target_only's {target['target_tokens']}), while the draft "
+        f"wrote {fpsr['draft_tokens']} tokens (discarded windows included){ratio}. "
+        "Speculation saves time only when the target steps it replaces cost more than the "
+        "passes and the draft's work: at these sizes that takes nearly every draft step "
+        'accepted (README, "What this run shows"; BENCHMARKS.md, `bench/spec.py`).',
+    ]
+
+
 def markdown(report: Mapping) -> str:
     lines = ["# DREAM-R demo report", ""]
     lines += ["## Models", "", "| model | parameters | layers x width | s / token alone |"]
@@ -136,15 +171,21 @@ def markdown(report: Mapping) -> str:
     lines += ["", "## Checks", "", "| check | measured | result |", "|---|---|---|"]
     for c in report["checks"]:
         lines.append(f"| {c['check']} | {c['measured']} | {'PASS' if c['pass'] else 'FAIL'} |")
+    lines += _speed_note(report)
     for draft, summary in report["evaluations"].items():
         lines += ["", f"## Engines with the {draft.replace('_', ' ')}", ""]
-        lines += ["| engine | α | accuracy | step acceptance | speedup | tokens/s |"]
-        lines += ["|---|---|---|---|---|---|"]
+        lines += [
+            "| engine | α | accuracy | step acceptance | speedup | tokens/s | verification "
+            "passes | fallback steps | target tokens | draft tokens |"
+        ]
+        lines += ["|---|---|---|---|---|---|---|---|---|---|"]
         for r in summary["results"]:
             lines.append(
                 f"| {r['engine']} | {_num(r['alpha'])} | {_pct(r['accuracy'])} | "
                 f"{_pct(r['acceptance_rate'])} | {_num(r['speedup'])}x | "
-                f"{_num(r['tokens_per_s'], '{:.1f}')} |"
+                f"{_num(r['tokens_per_s'], '{:.1f}')} | {r.get('verify_calls', 'n/a')} | "
+                f"{r.get('fallbacks', 'n/a')} | {r.get('target_tokens', 'n/a')} | "
+                f"{r.get('draft_tokens', 'n/a')} |"
             )
         for png in report["plots"].get(draft, []):
             lines += ["", f"![{png}]({png})"]
@@ -175,7 +216,8 @@ def write(
 ) -> dict[str, Path]:
     """Writes ``report.md``, ``report.json`` and ``report_plots/`` into ``workdir``."""
     workdir = Path(workdir)
-    costs = _costs(summaries.get("draft_sapo") or next(iter(summaries.values())))
+    checked = summaries.get("draft_sapo") or next(iter(summaries.values()))
+    costs = _costs(checked)
     models = {}
     for name, cfg in model_cfgs.items():
         models[name] = {
@@ -196,6 +238,7 @@ def write(
     report = {
         "models": models,
         "checks": checks(summaries, sapo_effect, alpha),
+        "alpha": checked_alpha(checked, alpha),
         "evaluations": {k: {"results": v["results"]} for k, v in summaries.items()},
         "sapo_effect": sapo_effect,
         "timings_s": notes.get("timings_s"),
