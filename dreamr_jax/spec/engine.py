@@ -510,7 +510,7 @@ class _Run:
             p, ok, step_logits = p[0], ok[0], step_logits[0]
             rows = None
             if cfg.engine == "lookahead":  # the target's K steps in the same round
-                rows = self.target_rows(t_cache, target, lengths_k, step_logits, bonus, w)
+                rows = self.target_rows(t_cache, target, lengths, step_logits, bonus, w)
             if overlap:  # window w+1 assuming full acceptance, dispatched before syncing
                 pending = self.draft_window(_Head(d_cache, outs[-1].logits, 0, 0), k)
             tokens, p_host, ok_host = jax.device_get((tokens_ks, p, ok))
@@ -570,12 +570,14 @@ class _Run:
             self.emit(Step(list(step), "draft", i + 1, float(p[i])))
         return len(lengths)
 
-    def target_rows(self, t_cache, target: _Head, lengths_k, step_logits, bonus: bool, w: int):
+    def target_rows(self, t_cache, target: _Head, lengths: list, step_logits, bonus: bool, w: int):
         """Lookahead: the target writes its own step at every window position at once
-        (``w``: the verification pass's slots per step)."""
+        (``lengths``: the window's step lengths, on the host; ``w``: the verification
+        pass's slots per step). Everything it passes is placed on the target's devices."""
         eng = self.eng
-        lengths = jnp.concatenate([lengths_k, jnp.zeros((1,), jnp.int32)]) if bonus else lengths_k
+        lengths = np.asarray(lengths + [0] * bonus, np.int32)  # the bonus row: after d_K
         rows = lengths.shape[0]
+        lengths = eng.target.put(jnp.asarray(lengths))
         forked = core.fork_rows(t_cache, target.index, target.pos, lengths, np.int32(w))
         logits = jnp.concatenate([target.logits, step_logits[: rows - 1]])
         active = eng.all_rows
