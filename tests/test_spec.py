@@ -520,22 +520,24 @@ def test_eos_ends_the_chain_in_every_engine(pair, mid_alpha):
 
 def test_separate_device_sets_match_one_device(pair, mid_alpha):
     """Draft on 2 devices, target on 4 others (fsdp x tensor): same output as one device,
-    also with steps packed narrower than S (S = 16) and lookahead's rows forked."""
+    also with steps packed narrower than S (S = 16) and lookahead's rows (and bonus row)
+    forked."""
     devices = jax.devices()
     draft = shard_model(Qwen3VL(pair.cfg, rngs=nnx.Rngs(1)), make_mesh((2, 1, 1), devices[:2]))
     target_mesh = make_mesh((1, 2, 2), devices[2:6])
     target = shard_model(Qwen3VL(pair.cfg, rngs=nnx.Rngs(0)), target_mesh)
-    for engine, s in (("fpsr", S), ("fpsr", 16), ("lookahead", 16)):
+    for engine, s, bonus in (("fpsr", S, False), ("fpsr", 16, False), ("lookahead", 16, True)):
         eng = _engine(
             pair,
             engine,
             alpha=mid_alpha,
             max_step_tokens=s,
+            bonus_step=bonus,
             draft_role=Role.of(draft, make_mesh((2, 1, 1), devices[:2])),
             target_role=Role.of(target, target_mesh),
         )
         res = eng.run(_request(pair))
-        want = _run(pair, engine, alpha=mid_alpha, max_step_tokens=s)
+        want = _run(pair, engine, alpha=mid_alpha, max_step_tokens=s, bonus_step=bonus)
         assert res.tokens == want.tokens, (engine, s)
         assert [d.accepted for d in res.decisions] == [d.accepted for d in want.decisions]
 
