@@ -64,6 +64,7 @@ from bench._common import (  # noqa: E402
     print_total,
     rounded,
 )
+from dreamr_jax.training.loop import closing_iterator  # noqa: E402
 
 GOAL_RATIO = 10.0  # pipeline examples/s over the target step's examples/s
 
@@ -144,16 +145,6 @@ def prepared(stage: Stage, batch):
     from dreamr_jax.training.objectives import prepare_batch
 
     return prepare_batch(batch, stage.model.cfg, patches_per_row=stage.sft.patches_per_row)
-
-
-@contextlib.contextmanager
-def closing_iterator(it):
-    try:
-        yield it
-    finally:
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
 
 
 def past_first_epoch(stage: Stage, it, records: int, done: int) -> None:

@@ -58,7 +58,6 @@ sys.path.insert(0, ROOT)  # `bench.data` and `dreamr_jax` when run as a script
 from bench._common import add_config_args, make_parser, print_total, rounded  # noqa: E402
 from bench.data import (  # noqa: E402
     build_stage,
-    closing_iterator,
     count_params,
     load_run,
     make_step,
@@ -67,6 +66,7 @@ from bench.data import (  # noqa: E402
     print_header,
     time_steps,
 )
+from dreamr_jax.training.loop import closing_iterator  # noqa: E402
 
 
 def parse_args(argv=None):

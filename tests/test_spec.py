@@ -437,13 +437,7 @@ def test_engines_pack_steps_narrower_than_the_cap(pair, monkeypatch):
             (d.index, d.tokens, d.accepted) for d in ref.decisions
         ], engine
     assert min(widths) == 8 < s, widths
-    prompt = _request(pair).prompt_ids
-    verdict = verdict_tokens(pair.tok, VerifierConfig())
-    for d in ref.decisions:
-        prefix = prompt + [t for st in ref.steps[: d.index] for t in st.tokens]
-        logits = _full_logits(pair, pair.target, prefix + list(d.tokens) + list(verdict.suffix))
-        p = float(cpn_probability(jnp.asarray(logits[-1]), verdict.positive, verdict.negative))
-        assert abs(p - d.p) < 1e-5
+    _check_against_uncached(pair, ref, alpha)
 
 
 def test_precompile_covers_every_width(pair):
@@ -461,10 +455,9 @@ def test_precompile_covers_every_width(pair):
     assert core._verify_window._cache_size() == compiled
 
 
-def test_decisions_equal_uncached_reference(pair, mid_alpha):
-    """Every decision equals a slow verifier: a full forward over prompt + accepted chain
-    + the candidate step + the verification suffix."""
-    res = _run(pair, "fpsr", alpha=mid_alpha)
+def _check_against_uncached(pair, res, alpha: float) -> None:
+    """Every decision of ``res`` equals a slow verifier: a full forward over prompt +
+    accepted chain + the candidate step + the verification suffix."""
     prompt = _request(pair).prompt_ids
     verdict = verdict_tokens(pair.tok, VerifierConfig())
     for d in res.decisions:
@@ -472,7 +465,11 @@ def test_decisions_equal_uncached_reference(pair, mid_alpha):
         logits = _full_logits(pair, pair.target, prefix + list(d.tokens) + list(verdict.suffix))
         p = float(cpn_probability(jnp.asarray(logits[-1]), verdict.positive, verdict.negative))
         assert abs(p - d.p) < 1e-5
-        assert (p > mid_alpha) == d.accepted
+        assert (p > alpha) == d.accepted
+
+
+def test_decisions_equal_uncached_reference(pair, mid_alpha):
+    _check_against_uncached(pair, _run(pair, "fpsr", alpha=mid_alpha), mid_alpha)
 
 
 def test_chain_structure_and_metrics(pair, mid_alpha):

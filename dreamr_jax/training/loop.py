@@ -52,6 +52,19 @@ class LoopResult:
     last_metrics: dict | None = None
 
 
+@contextlib.contextmanager
+def closing_iterator(iterator):
+    """Yields ``iterator`` and closes it on exit, if it can be closed: a grain iterator's
+    prefetch threads (or worker processes) stop, and what its transforms hold (a record
+    cache) is freed, instead of living on through the stages after it."""
+    try:
+        yield iterator
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+
+
 def abstract_like(tree):
     """Shape/dtype/sharding structs of a pytree of arrays (a restore target)."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
