@@ -123,6 +123,28 @@ def test_alpha_extremes_match_baselines(smoke):
     assert by_engine[("fpsr", 1.0)]["acceptance_rate"] == 0.0
 
 
+def test_disjoint_device_sets_give_the_same_answers(smoke, tmp_path):
+    """The paper's split: draft on 2 devices, target on 4 others (fsdp x tensor). At α = 1
+    every lookahead round falls back to the target's forked rows (which once mixed the two
+    device sets and crashed); the answers equal target_only's, and those equal the
+    one-device run's."""
+    meshes = (
+        "draft_mesh.data=2",
+        "target_mesh.first_device=2",
+        "target_mesh.fsdp=2",
+        "target_mesh.tensor=2",
+    )
+    cfg = _cfg("eval.engines=('lookahead',)", "verifier.alpha=1.0", *meshes)
+    summary = eval_lib.run(cfg, tmp_path, progress=False)
+    assert [r["engine"] for r in summary["results"]] == ["target_only", "lookahead"]
+    assert summary["results"][1]["acceptance_rate"] == 0.0
+    answers = {}
+    for line in _lines(tmp_path):
+        answers.setdefault(line["engine"], []).append(line["answer"])
+    one_device = [x["answer"] for x in _lines(smoke[0]) if x["engine"] == "target_only"]
+    assert answers["lookahead"] == answers["target_only"] == one_device
+
+
 def test_table_and_headline(smoke):
     _, summary = smoke
     text = report.table(summary["results"])
