@@ -86,6 +86,7 @@ def test_report_says_what_a_slow_fpsr_spent():
         "models": models,
         "checks": checks({"draft_sapo": summary}, None, 0.7),
         "evaluations": {"draft_sapo": summary},
+        "checked_draft": "draft_sapo",
         "alpha": 0.7,
         "plots": {},
     }
@@ -95,5 +96,7 @@ def test_report_says_what_a_slow_fpsr_spent():
     assert "77 fallback steps (850 target tokens, against target_only's 1400)" in text
     assert "wrote 2100 tokens" in text and "a target token cost 5.0x a draft token" in text
     assert "| fpsr | 0.70 | 94.0% | 40.0% | 0.35x | 100.0 | 98 | 77 | 850 | 2100 |" in text
-    report["checks"] = checks({"draft_sapo": _summary(0.9, fpsr_speedup=1.5)}, None, 0.7)
+    report["evaluations"] = {"draft_sapo": _summary(0.9, fpsr_speedup=1.5)}
+    for r in report["evaluations"]["draft_sapo"]["results"]:
+        r.update(counts, accepted_per_verify=3.0, tokens_per_s=100.0)
     assert "Why fpsr is slower" not in markdown(report)  # only when the check fails

@@ -298,7 +298,7 @@ class SpecEngine:
                 t.state,
                 cache,
                 tokens,
-                t.put(jnp.full((1, k), w, jnp.int32)),
+                t.put(np.full((1, k), w, np.int32)),  # as `windows` passes them
                 verdict=self.verdict,
                 verifier=self.verifier,
                 width=w,
@@ -493,16 +493,16 @@ class _Run:
         while not self.done:
             outs, d_cache = pending
             tokens_ks = jnp.concatenate([o.tokens for o in outs])
-            lengths_k = jnp.concatenate([o.lengths for o in outs])
             # The pass packs each step in W <= S slots (`core.step_width`); W needs the
-            # window's lengths on the host, a wait the pass would make anyway.
-            lengths = jax.device_get(lengths_k).tolist()
+            # window's lengths on the host, a wait the pass would make anyway. The host
+            # copy is what the target and the judging below receive.
+            lengths = [int(x[0]) for x in jax.device_get([o.lengths for o in outs])]
             w = core.step_width(max(lengths), s)
             p, ok, step_logits, t_cache = core.verify_window(
                 eng.target.graphdef,
                 eng.target.state,
                 target.cache,
-                *eng.target.put((tokens_ks[None], lengths_k[None])),
+                *eng.target.put((tokens_ks[None], np.asarray([lengths], np.int32))),
                 verdict=eng.verdict,
                 verifier=eng.verifier,
                 width=w,
@@ -577,7 +577,7 @@ class _Run:
         eng = self.eng
         lengths = np.asarray(lengths + [0] * bonus, np.int32)  # the bonus row: after d_K
         rows = lengths.shape[0]
-        lengths = eng.target.put(jnp.asarray(lengths))
+        lengths = eng.target.put(lengths)
         forked = core.fork_rows(t_cache, target.index, target.pos, lengths, np.int32(w))
         logits = jnp.concatenate([target.logits, step_logits[: rows - 1]])
         active = eng.all_rows

@@ -136,7 +136,8 @@ def run_loop(
         (SAPO samples its batch with the current policy ``state.params``).
       steps: the stage's total number of updates.
       checkpoint: periodic save settings; the final step is always saved.
-      iterator: a checkpointable data iterator saved and restored with the state.
+      iterator: a checkpointable data iterator saved and restored with the state; closed
+        when the loop returns or raises (`closing_iterator`).
       config: the resolved config, stored in each checkpoint.
       desc: progress-bar label.
       extra_metrics: ``step -> {name: value}`` host metrics of the batch just used (e.g.
@@ -148,7 +149,8 @@ def run_loop(
     stage_dir = Path(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
     log_path = stage_dir / "metrics.jsonl"
-    with Checkpointer(stage_dir / "checkpoints", checkpoint) as ckpt:
+    # The stage's pipeline stops with the loop (positions are taken at each save).
+    with closing_iterator(iterator), Checkpointer(stage_dir / "checkpoints", checkpoint) as ckpt:
         restored = ckpt.restore(abstract_like(state), iterator=iterator)
         start = 0
         if restored is not None:

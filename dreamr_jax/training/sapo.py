@@ -48,7 +48,7 @@ from dreamr_jax.rl.rollout import (
 from dreamr_jax.rl.scoring import score_rollouts
 from dreamr_jax.spec.verify import VerifierConfig, verdict_tokens
 from dreamr_jax.training.checkpoint import CheckpointConfig
-from dreamr_jax.training.loop import LoopResult, closing_iterator, run_loop
+from dreamr_jax.training.loop import LoopResult, run_loop
 from dreamr_jax.training.objectives import forward_logits, prepare_batch, sapo_objective
 from dreamr_jax.training.optim import OptimConfig, make_optimizer, make_schedule
 from dreamr_jax.training.step import init_train_state, make_train_step
@@ -319,19 +319,18 @@ def run_sapo(
         last.update(scored.summary())
         return sapo_batch(scored, graphdef, state.params, ref_params, cfg, policy.cfg)
 
-    with closing_iterator(iterator):
-        result = run_loop(
-            stage_dir,
-            state,
-            step_fn,
-            next_batch,
-            steps=cfg.steps,
-            checkpoint=cfg.checkpoint,
-            iterator=iterator,
-            config=config,
-            desc="sapo",
-            extra_metrics=lambda step: dict(last),
-        )
+    result = run_loop(
+        stage_dir,
+        state,
+        step_fn,
+        next_batch,
+        steps=cfg.steps,
+        checkpoint=cfg.checkpoint,
+        iterator=iterator,
+        config=config,
+        desc="sapo",
+        extra_metrics=lambda step: dict(last),
+    )
     return nnx.merge(graphdef, result.state.params), result
 
 

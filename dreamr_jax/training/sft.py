@@ -16,7 +16,7 @@ from dreamr_jax.data.pipeline import PipelineConfig, make_dataset
 from dreamr_jax.processing.image import ImageProcessorConfig
 from dreamr_jax.spec.verify import VerifierConfig
 from dreamr_jax.training.checkpoint import CheckpointConfig
-from dreamr_jax.training.loop import LoopResult, closing_iterator, run_loop
+from dreamr_jax.training.loop import LoopResult, run_loop
 from dreamr_jax.training.objectives import prepare_batch, sft_objective
 from dreamr_jax.training.optim import OptimConfig, make_optimizer, make_schedule
 from dreamr_jax.training.step import init_train_state, make_train_step
@@ -177,16 +177,15 @@ def run_sft(
         del step, state
         return prepare_batch(next(iterator), model_cfg, patches_per_row=cfg.patches_per_row)
 
-    with closing_iterator(iterator):
-        result = run_loop(
-            stage_dir,
-            state,
-            step_fn,
-            next_batch,
-            steps=cfg.steps,
-            checkpoint=cfg.checkpoint,
-            iterator=iterator,
-            config=config,
-            desc=desc,
-        )
+    result = run_loop(
+        stage_dir,
+        state,
+        step_fn,
+        next_batch,
+        steps=cfg.steps,
+        checkpoint=cfg.checkpoint,
+        iterator=iterator,
+        config=config,
+        desc=desc,
+    )
     return nnx.merge(graphdef, result.state.params), result
