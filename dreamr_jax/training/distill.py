@@ -124,8 +124,9 @@ def target_chains(
       ValueError: a record's gold answer the grader cannot read (before any generation).
     """
     cfg.validate()
-    for record in records:  # grading follows the generation: refuse unreadable golds first
-        grading.check_gold(questions.from_example(record))
+    qs = [questions.from_example(r) for r in records]
+    for q in qs:  # grading follows the generation: refuse unreadable golds first
+        grading.check_gold(q)
     sampling = SamplingConfig(
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
@@ -139,11 +140,11 @@ def target_chains(
     for start in range(0, len(records), cfg.batch_size):
         # One batch's prompts at a time: at real scale every image's patches at once
         # would not fit in host memory.
-        prompts, qs = make_prompts(records[start : start + cfg.batch_size], tokenizer, image_cfg)
+        prompts, batch_qs = make_prompts(qs[start : start + cfg.batch_size], tokenizer, image_cfg)
         batch = prompts.batch(target.cfg, pad_id=pad_id)
         gen = generate(target, batch, sampling, rng=jax.random.fold_in(rng, start))
         tokens, lengths = np.asarray(gen.tokens), np.asarray(gen.lengths)
-        for r, q in enumerate(qs):
+        for r, q in enumerate(batch_qs):
             text = tokenizer.decode(tokens[r, : lengths[r]], skip_special_tokens=True)
             steps = tuple(s.strip() for s in split_steps(text, steps_cfg) if s.strip())
             if not steps:
