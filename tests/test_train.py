@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import safetensors.numpy
 from flax import nnx, struct
 from tensorboardX.proto import event_pb2
 
@@ -286,6 +288,44 @@ def test_killed_stage_resumes_with_the_same_losses(smoke_run, tmp_path):
     resumed = _losses(tmp_path / "sft_target")
     assert len(resumed) == 8
     np.testing.assert_allclose(resumed, _losses(clean / "sft_target"), rtol=1e-5)
+
+
+def test_run_stopped_inside_sapo_resumes_to_the_same_draft(smoke_run, tmp_path):
+    """A copy of the finished smoke run cut back to where a kill after SAPO's step-1
+    checkpoint leaves it (step 2's checkpoint, SAPO's held-out effect and everything after
+    SAPO removed; step 2's metrics line left behind, as a kill after logging leaves it). The
+    same command reuses the earlier stages and resumes SAPO from step 1, with its prompt
+    iterator and sampling key restored: step 2 logs the same metrics, the held-out effect
+    is the same and the exported SAPO draft is bit-identical (one machine, one device)."""
+    reference, _ = smoke_run
+    work = tmp_path / "run"
+    shutil.copytree(reference, work)
+    shutil.rmtree(work / "sapo" / "checkpoints" / "2")
+    (work / "sapo" / "effect.json").unlink()
+    for name in ("export", "eval_draft_sft", "eval_draft_sapo", "report_plots"):
+        shutil.rmtree(work / name)
+    stages = "--config.stages=('data','sft_target','sft_draft','refine_target','sapo','export')"
+    code, out, err = _finish(_cli(work, stages))
+    assert code == 0, err[-3000:]
+    for stage in ("sft_target", "sft_draft", "refine_target"):
+        assert f"stage {stage}: finished earlier, reused" in out
+    assert "stage sapo: finished earlier" not in out
+
+    def metrics(stage_dir: Path) -> list[dict]:
+        lines = (stage_dir / "metrics.jsonl").read_text().splitlines()
+        rows = [json.loads(line) for line in lines]
+        return [{k: v for k, v in r.items() if k not in ("step_s", "tokens_per_s")} for r in rows]
+
+    assert metrics(work / "sapo") == metrics(reference / "sapo")
+    effect = json.loads((work / "sapo" / "effect.json").read_text())
+    assert effect == json.loads((reference / "sapo" / "effect.json").read_text())
+    ours, theirs = (
+        safetensors.numpy.load_file(d / "export" / "draft_sapo" / "model.safetensors")
+        for d in (work, reference)
+    )
+    assert ours.keys() == theirs.keys()
+    for name, value in ours.items():
+        np.testing.assert_array_equal(value, theirs[name], err_msg=name)
 
 
 # Draft, target and SAPO's rollouts on three disjoint sets of 8 devices: the draft data
