@@ -57,7 +57,7 @@ from dreamr_jax.data import import_tfds, synthetic_tfds
 from dreamr_jax.data.tokenizer_train import build_synthetic_tokenizer
 from dreamr_jax.models import hf
 from dreamr_jax.models.qwen3_vl import Qwen3VL
-from dreamr_jax.models.sharding import init_sharded
+from dreamr_jax.models.sharding import init_sharded, zeros_sharded
 from dreamr_jax.processing import ImageProcessorConfig, load_tokenizer
 from dreamr_jax.rl.rollout import chain_token_ids
 from dreamr_jax.spec.engine import check_pair
@@ -159,8 +159,9 @@ class Run:
             return self.cfg.data.max_patches // unit * unit
         return (self.cfg.data.synthetic.image_size // v.patch_size) ** 2
 
-    def init_model(self, role: str):
-        """The role's starting model on its mesh: its checkpoint, or a fresh built-in one."""
+    def init_model(self, role: str, *, restoring: bool = False):
+        """The role's starting model on its mesh: its checkpoint, or a fresh built-in one
+        (all zeros when ``restoring``: a finished stage's checkpoint replaces it)."""
         spec = self.cfg.target_model if role == "target" else self.cfg.draft_model
         mesh = (self.cfg.target_mesh if role == "target" else self.cfg.draft_mesh).mesh(role)
         dtype = DTYPES[spec.dtype]
@@ -169,7 +170,8 @@ class Run:
             model, _ = hf.load_pretrained(spec.checkpoint, dtype=dtype, mesh=mesh)
             return model, mesh
         mcfg = spec.model_config(self.tokenizer())
-        model = init_sharded(lambda: Qwen3VL(mcfg, dtype=dtype, rngs=nnx.Rngs(spec.seed)), mesh)
+        init = zeros_sharded if restoring else init_sharded
+        model = init(lambda: Qwen3VL(mcfg, dtype=dtype, rngs=nnx.Rngs(spec.seed)), mesh)
         return model, mesh
 
     def _as_is(self, role: str) -> bool:
@@ -257,7 +259,9 @@ class Run:
         if self.finished(stage) and not load_only:
             print(f"stage {stage}: finished earlier, reused", flush=True)
             return
-        model, mesh = self.init_model(role)  # first: names a missing data stage
+        # First: names a missing data stage. A finished stage restores its final
+        # checkpoint, so its start needs no initialisation (`zeros_sharded`).
+        model, mesh = self.init_model(role, restoring=load_only)
         source = self.source("train")
         if role == "draft" and self.cfg.sft_draft.chains.source == "target":
             source = self.target_chains(source)

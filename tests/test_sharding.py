@@ -47,6 +47,7 @@ from dreamr_jax.models.sharding import (
     make_mesh,
     param_shardings,
     shard_model,
+    zeros_sharded,
 )
 from dreamr_jax.models.vision import vision_inputs
 
@@ -224,6 +225,19 @@ def test_init_sharded_equals_unsharded(init_sharded_124, reference, batch, refer
     mesh = make_mesh((1, 2, 4))
     logits = _run(init_sharded_124, batch, mesh)
     np.testing.assert_allclose(logits, reference_logits, rtol=0, atol=ATOL)
+
+
+def test_zeros_sharded_is_init_sharded_without_the_values(cfg, init_sharded_124):
+    """The restore target: every parameter of `init_sharded`'s model, same path, shape,
+    dtype and sharding, all zeros."""
+    zeros = zeros_sharded(_make(cfg), make_mesh((1, 2, 4)))
+    want = dict(_flat(nnx.state(init_sharded_124)))
+    got = dict(_flat(nnx.state(zeros)))
+    assert got.keys() == want.keys()
+    for path, var in got.items():
+        a, b = var[...], want[path][...]
+        assert (a.shape, a.dtype, a.sharding) == (b.shape, b.dtype, b.sharding), path
+        assert not np.any(np.asarray(a)), path
 
 
 def test_params_are_really_sharded(cfg, init_sharded_124):

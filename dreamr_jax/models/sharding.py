@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -130,6 +131,23 @@ def init_sharded(
     shardings = param_shardings(abstract_state, mesh, rules)
     state = jax.jit(lambda: nnx.state(make_model()), out_shardings=shardings)()
     return nnx.merge(graphdef, state)
+
+
+def zeros_sharded(
+    make_model: Callable[[], nnx.Module], mesh: Mesh, rules: ShardingRules = ShardingRules()
+) -> nnx.Module:
+    """`init_sharded`'s model with every parameter zero: the same structure, dtypes and
+    shardings, without running (or compiling) the initialisers, which for a small model
+    costs seconds of XLA compilation. It is a target to restore a checkpoint into, never
+    to train or run as it is. Falls back to `init_sharded` for state that is not plain
+    numbers (PRNG keys)."""
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(make_model))
+    leaves = jax.tree.leaves(abstract_state)
+    if not all(jnp.issubdtype(x.dtype, jnp.number) for x in leaves):
+        return init_sharded(make_model, mesh, rules)
+    shardings = param_shardings(abstract_state, mesh, rules)
+    zeros = lambda: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), abstract_state)  # noqa: E731
+    return nnx.merge(graphdef, jax.jit(zeros, out_shardings=shardings)())
 
 
 def shard_model(
