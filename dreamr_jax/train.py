@@ -57,7 +57,7 @@ from dreamr_jax.data import import_tfds, synthetic_tfds
 from dreamr_jax.data.tokenizer_train import build_synthetic_tokenizer
 from dreamr_jax.models import hf
 from dreamr_jax.models.qwen3_vl import Qwen3VL
-from dreamr_jax.models.sharding import init_sharded, zeros_sharded
+from dreamr_jax.models.sharding import init_sharded
 from dreamr_jax.processing import ImageProcessorConfig, load_tokenizer
 from dreamr_jax.rl.rollout import chain_token_ids
 from dreamr_jax.spec.engine import check_pair
@@ -160,19 +160,22 @@ class Run:
         return (self.cfg.data.synthetic.image_size // v.patch_size) ** 2
 
     def init_model(self, role: str, *, restoring: bool = False):
-        """The role's starting model on its mesh: its checkpoint, or a fresh built-in one
-        (all zeros when ``restoring``: a finished stage's checkpoint replaces it)."""
+        """The role's starting model on its mesh: its checkpoint, or a fresh built-in one.
+        With ``restoring`` (a finished stage's checkpoint replaces the weights) neither is
+        read or initialised: the model's shape, all zeros."""
         spec = self.cfg.target_model if role == "target" else self.cfg.draft_model
         mesh = (self.cfg.target_mesh if role == "target" else self.cfg.draft_mesh).mesh(role)
         dtype = DTYPES[spec.dtype]
         if spec.checkpoint:
             self.tokenizer()  # checks the pair before any weight is read
-            model, _ = hf.load_pretrained(spec.checkpoint, dtype=dtype, mesh=mesh)
-            return model, mesh
-        mcfg = spec.model_config(self.tokenizer())
-        init = zeros_sharded if restoring else init_sharded
-        model = init(lambda: Qwen3VL(mcfg, dtype=dtype, rngs=nnx.Rngs(spec.seed)), mesh)
-        return model, mesh
+            if not restoring:
+                model, _ = hf.load_pretrained(spec.checkpoint, dtype=dtype, mesh=mesh)
+                return model, mesh
+            mcfg = hf.read_config(spec.checkpoint)
+        else:
+            mcfg = spec.model_config(self.tokenizer())
+        make = lambda: Qwen3VL(mcfg, dtype=dtype, rngs=nnx.Rngs(spec.seed))  # noqa: E731
+        return init_sharded(make, mesh, zeros=restoring), mesh
 
     def _as_is(self, role: str) -> bool:
         """Whether the role's final model is its checkpoint, unchanged: its SFT model is the
@@ -260,7 +263,7 @@ class Run:
             print(f"stage {stage}: finished earlier, reused", flush=True)
             return
         # First: names a missing data stage. A finished stage restores its final
-        # checkpoint, so its start needs no initialisation (`zeros_sharded`).
+        # checkpoint, so its start is only the model's shape.
         model, mesh = self.init_model(role, restoring=load_only)
         source = self.source("train")
         if role == "draft" and self.cfg.sft_draft.chains.source == "target":

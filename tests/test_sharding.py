@@ -47,7 +47,6 @@ from dreamr_jax.models.sharding import (
     make_mesh,
     param_shardings,
     shard_model,
-    zeros_sharded,
 )
 from dreamr_jax.models.vision import vision_inputs
 
@@ -227,10 +226,10 @@ def test_init_sharded_equals_unsharded(init_sharded_124, reference, batch, refer
     np.testing.assert_allclose(logits, reference_logits, rtol=0, atol=ATOL)
 
 
-def test_zeros_sharded_is_init_sharded_without_the_values(cfg, init_sharded_124):
+def test_init_sharded_zeros_is_the_model_without_the_values(cfg, init_sharded_124):
     """The restore target: every parameter of `init_sharded`'s model, same path, shape,
     dtype and sharding, all zeros."""
-    zeros = zeros_sharded(_make(cfg), make_mesh((1, 2, 4)))
+    zeros = init_sharded(_make(cfg), make_mesh((1, 2, 4)), zeros=True)
     want = dict(_flat(nnx.state(init_sharded_124)))
     got = dict(_flat(nnx.state(zeros)))
     assert got.keys() == want.keys()

@@ -118,7 +118,11 @@ def param_shardings(model_or_state, mesh: Mesh, rules: ShardingRules = ShardingR
 
 
 def init_sharded(
-    make_model: Callable[[], nnx.Module], mesh: Mesh, rules: ShardingRules = ShardingRules()
+    make_model: Callable[[], nnx.Module],
+    mesh: Mesh,
+    rules: ShardingRules = ShardingRules(),
+    *,
+    zeros: bool = False,
 ) -> nnx.Module:
     """Builds a model with every parameter created directly in its sharding.
 
@@ -126,28 +130,18 @@ def init_sharded(
     it is traced once under `nnx.eval_shape` to read shapes and logical axes, then run
     under `jax.jit` with the parameter shardings as output shardings, so no host or single
     device ever holds the whole model.
+
+    ``zeros=True`` skips the initialisers (for a small model, seconds of XLA compilation)
+    and makes every parameter zero, with the same structure, dtypes and shardings: a
+    target to restore a checkpoint into, never to train or run as it is.
     """
     graphdef, abstract_state = nnx.split(nnx.eval_shape(make_model))
     shardings = param_shardings(abstract_state, mesh, rules)
-    state = jax.jit(lambda: nnx.state(make_model()), out_shardings=shardings)()
-    return nnx.merge(graphdef, state)
-
-
-def zeros_sharded(
-    make_model: Callable[[], nnx.Module], mesh: Mesh, rules: ShardingRules = ShardingRules()
-) -> nnx.Module:
-    """`init_sharded`'s model with every parameter zero: the same structure, dtypes and
-    shardings, without running (or compiling) the initialisers, which for a small model
-    costs seconds of XLA compilation. It is a target to restore a checkpoint into, never
-    to train or run as it is. Falls back to `init_sharded` for state that is not plain
-    numbers (PRNG keys)."""
-    graphdef, abstract_state = nnx.split(nnx.eval_shape(make_model))
-    leaves = jax.tree.leaves(abstract_state)
-    if not all(jnp.issubdtype(x.dtype, jnp.number) for x in leaves):
-        return init_sharded(make_model, mesh, rules)
-    shardings = param_shardings(abstract_state, mesh, rules)
-    zeros = lambda: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), abstract_state)  # noqa: E731
-    return nnx.merge(graphdef, jax.jit(zeros, out_shardings=shardings)())
+    if zeros:
+        make_state = lambda: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), abstract_state)  # noqa: E731
+    else:
+        make_state = lambda: nnx.state(make_model())  # noqa: E731
+    return nnx.merge(graphdef, jax.jit(make_state, out_shardings=shardings)())
 
 
 def shard_model(
